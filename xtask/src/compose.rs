@@ -1,0 +1,89 @@
+//! The compose overlays: `compose/base.yml` plus `dev.yml` (build from source) or `prod.yml`
+//! (pre-built image). Every `docker compose` command of the xtask is built here.
+
+use xshell::{cmd, Cmd, Shell};
+
+use crate::settings::Settings;
+
+pub const BASE: &str = "compose/base.yml";
+pub const DEV: &str = "compose/dev.yml";
+pub const PROD: &str = "compose/prod.yml";
+
+/// One combination of overlays, under one compose project name.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub project: String,
+    pub files: Vec<String>,
+    pub env_files: Vec<String>,
+}
+
+impl Stack {
+    /// The local stack built from the working tree.
+    pub fn dev(settings: &Settings) -> Stack {
+        Stack {
+            project: format!("{}-dev", settings.compose_project),
+            files: vec![BASE.into(), DEV.into()],
+            env_files: vec![],
+        }
+    }
+
+    /// The production combination, with files found under `dir` (a release directory on the server,
+    /// or the project root for local validation).
+    pub fn prod(settings: &Settings, dir: &str) -> Stack {
+        let at = |file: &str| {
+            if dir.is_empty() {
+                file.to_string()
+            } else {
+                format!("{dir}/{}", file.trim_start_matches("compose/"))
+            }
+        };
+        Stack {
+            project: settings.compose_project.clone(),
+            files: vec![at(BASE), at(PROD)],
+            env_files: vec![],
+        }
+    }
+
+    /// The arguments after `docker compose` that select this stack.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["-p".to_string(), self.project.clone()];
+        for env_file in &self.env_files {
+            args.extend(["--env-file".to_string(), env_file.clone()]);
+        }
+        for file in &self.files {
+            args.extend(["-f".to_string(), file.clone()]);
+        }
+        args
+    }
+
+    /// `docker compose -p … -f … -f …`, ready for a subcommand.
+    pub fn cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        let args = self.args();
+        cmd!(sh, "docker compose {args...}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_stack_combines_base_and_dev() {
+        let sh = Shell::new().unwrap();
+        let stack = Stack::dev(&Settings::default());
+        assert_eq!(
+            stack.cmd(&sh).arg("up").to_string(),
+            "docker compose -p lattice-dev -f compose/base.yml -f compose/dev.yml up"
+        );
+    }
+
+    #[test]
+    fn prod_stack_uses_the_release_directorys_own_files() {
+        let mut stack = Stack::prod(&Settings::default(), "releases/abc");
+        stack.env_files = vec![".env".into()];
+        assert_eq!(
+            stack.args().join(" "),
+            "-p lattice --env-file .env -f releases/abc/base.yml -f releases/abc/prod.yml"
+        );
+    }
+}

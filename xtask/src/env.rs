@@ -1,0 +1,137 @@
+//! Hosts and secrets: the process environment, over `.env` at the project root (as in the original
+//! setup). Values are never printed; only names are.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+/// Names whose values are secret: never printed, never put in argv.
+pub const SECRET_NAMES: &[&str] =
+    &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "SSH_PRIVATE_KEY", "REGISTRY_PASSWORD"];
+
+/// What the bot needs on the server; `cargo xtask secrets` writes these to the server's `.env`.
+pub const APP_VARS: &[&str] = &[
+    "DISCORD_TOKEN",
+    "DISCORD_GUILD_ID",
+    "DISCORD_MAIN_CHANNEL_ID",
+    "DISCORD_DREAM_CHANNEL_ID",
+    "OPENROUTER_API_KEY",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+];
+
+/// Optional app settings passed through to the server's `.env` when set.
+pub const OPTIONAL_APP_VARS: &[&str] =
+    &["LLM_PROVIDER", "OPENROUTER_MODEL", "OPENROUTER_BASE_URL", "CONTEXT_MESSAGES", "RUST_LOG"];
+
+/// What `cargo xtask` needs to reach the server.
+pub const SSH_VARS: &[&str] = &["SSH_HOST", "SSH_USER", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"];
+
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// `.env` at `root` (if any), overridden by the process environment.
+    pub fn load(root: &Path) -> Result<Env> {
+        let mut vars = BTreeMap::new();
+        let path = root.join(".env");
+        if path.exists() {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            vars = parse_dotenv(&text).with_context(|| format!("in {}", path.display()))?;
+        }
+        for (key, value) in std::env::vars() {
+            vars.insert(key, value);
+        }
+        Ok(Env { vars })
+    }
+
+    pub fn from_pairs<const N: usize>(pairs: [(&str, &str); N]) -> Env {
+        Env { vars: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    /// A set, non-empty value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Fails listing every name that is missing, all at once.
+    pub fn require(&self, names: &[&str]) -> Result<()> {
+        let missing = self.missing(names);
+        if !missing.is_empty() {
+            bail!(
+                "missing environment variables: {} (set them in the environment or in .env; see .env.example)",
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn missing<'n>(&self, names: &[&'n str]) -> Vec<&'n str> {
+        names.iter().copied().filter(|name| self.get(name).is_none()).collect()
+    }
+
+    /// Every secret value that is set: what an output scan must never find.
+    #[allow(dead_code)]
+    pub fn secret_values(&self) -> Vec<&str> {
+        SECRET_NAMES.iter().filter_map(|name| self.get(name)).collect()
+    }
+}
+
+/// `KEY=VALUE` lines; `#` comments, blank lines, `export `, and single or double quotes allowed.
+pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            bail!("line {}: expected KEY=VALUE (the value is not shown)", n + 1);
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("line {}: {key:?} is not a valid variable name", n + 1);
+        }
+        let value = value.trim();
+        let value = match (value.chars().next(), value.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(end)) if value.len() >= 2 && end == q => &value[1..value.len() - 1],
+            _ => value,
+        };
+        vars.insert(key.to_string(), value.to_string());
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines_parse() {
+        let vars = parse_dotenv("# c\n\nexport A=1\nB = \"two words\"\nC='x=y'\nD=\n").unwrap();
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "two words");
+        assert_eq!(vars["C"], "x=y");
+        assert_eq!(vars["D"], "");
+    }
+
+    #[test]
+    fn a_bad_line_is_reported_without_its_value() {
+        let err = parse_dotenv("A=1\nsecretvalue\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("secretvalue"), "{err}");
+    }
+
+    #[test]
+    fn all_missing_names_are_listed_at_once() {
+        let env = Env::from_pairs([("SSH_HOST", "h"), ("SSH_USER", " ")]);
+        let err = env.require(SSH_VARS).unwrap_err().to_string();
+        assert!(err.contains("SSH_USER, SSH_PRIVATE_KEY, SSH_KNOWN_HOSTS"), "{err}");
+        assert!(!err.contains("SSH_HOST"), "{err}");
+    }
+}

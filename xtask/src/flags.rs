@@ -1,0 +1,166 @@
+//! Every flag of `cargo xtask`, in one place. The `///` comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The one entry point for every operational task of Lattice, run the same way by a person and by CI.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
+pub struct Xtask {
+    /// Print, in order, the exact commands that would run, and run none of them.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    #[command(subcommand)]
+    pub task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Task {
+    /// Run the local stack from source (compose base + dev overlays) and wait until it is healthy.
+    Dev(Dev),
+    /// Build or push the bot image, tagged `<git sha>` and `latest`.
+    Image(Image),
+    /// Deploy an image that is already in the registry to the server.
+    Deploy(Deploy),
+    /// Build the image once, push it, and deploy it: `image push` + `deploy`.
+    Release(Release),
+    /// Switch the server back to an earlier release: no rebuild, no pull when the image is there.
+    Rollback(Rollback),
+    /// What the server runs: current sha, image digest, since when, health, history, lock holder.
+    Status(Status),
+    /// Follow the bot's logs (dev stack by default, the server with --server).
+    Logs(Logs),
+    /// Apply the bot's database migrations (dev stack by default, the server with --server).
+    Migrate(Migrate),
+    /// Write the app's `.env` on the server from the local environment (over ssh stdin, mode 0600).
+    Secrets(Secrets),
+    /// Everything CI checks: fmt, clippy -D warnings, all tests, compose overlays, linters.
+    Ci(Ci),
+    /// Check the tools Lattice needs (docker, engine, Compose v2, BuildKit, ssh) and say what is missing.
+    Doctor(Doctor),
+    /// Talk to the bot of the dev stack: each line typed is a message in the main channel.
+    Chat(Chat),
+    /// Measure deploy, rollback, handover and build figures and print them.
+    Bench(Bench),
+}
+
+#[derive(Args, Debug)]
+pub struct Dev {
+    /// Stop the dev stack (volumes are kept).
+    #[arg(long)]
+    pub down: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Image {
+    #[command(subcommand)]
+    pub action: ImageAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageAction {
+    /// Build `<image>:<sha>` and `<image>:latest` from the committed tree.
+    Build(ImageOpts),
+    /// Build (unless already built) and push both tags.
+    Push(ImageOpts),
+}
+
+#[derive(Args, Debug)]
+pub struct ImageOpts {
+    /// Build even though the work tree has uncommitted changes (the sha tag will not mean that commit).
+    #[arg(long)]
+    pub allow_dirty: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Deploy {
+    /// Git sha of the release to deploy (its image must be in the registry).
+    #[arg(long)]
+    pub sha: String,
+    /// Wait up to this many seconds for another deploy's lock instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub lock_wait: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct Release {
+    /// Build even though the work tree has uncommitted changes.
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Wait up to this many seconds for another deploy's lock instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub lock_wait: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct Rollback {
+    /// Release to go back to; default: the previous good release.
+    #[arg(long)]
+    pub sha: Option<String>,
+    /// Roll back even when the target's schema is older than the database's.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait up to this many seconds for another deploy's lock instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub lock_wait: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct Status {
+    /// How many history entries to show.
+    #[arg(long, default_value_t = 10)]
+    pub history: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct Logs {
+    /// The production server's logs instead of the dev stack's.
+    #[arg(long)]
+    pub server: bool,
+    /// Keep following new lines.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Number of lines from the end.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct Migrate {
+    /// Migrate the production server's database instead of the dev stack's.
+    #[arg(long)]
+    pub server: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Secrets {
+    /// Also replace values that are already set on the server.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Ci {
+    /// Skip the end-to-end tests that need Docker images, a registry and sshd.
+    #[arg(long)]
+    pub skip_e2e: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Doctor {}
+
+#[derive(Args, Debug)]
+pub struct Chat {
+    /// Seconds to wait for the replies to the last line before exiting.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct Bench {
+    /// Write the figures as TOML to this file too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}

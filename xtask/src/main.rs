@@ -1,0 +1,63 @@
+//! `cargo xtask`: every operational task of Lattice. This file only dispatches; each task lives in
+//! the file named after it, and every external command goes through [`plan::Plan`].
+
+mod bench;
+mod chat;
+mod ci;
+mod compose;
+mod deploy;
+mod dev;
+mod doctor;
+mod env;
+mod flags;
+mod image;
+mod logs;
+mod migrate;
+mod plan;
+mod project;
+mod release;
+mod rollback;
+mod secrets;
+mod settings;
+mod status;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use xshell::Shell;
+
+use crate::{flags::Task, plan::Plan, project::Project};
+
+fn main() -> ExitCode {
+    let flags = flags::Xtask::parse();
+    match run(flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: flags::Xtask) -> Result<()> {
+    let sh = Shell::new()?;
+    let project = Project::load()?;
+    sh.change_dir(&project.root);
+    let plan = Plan::new(&sh, flags.dry_run);
+    match flags.task {
+        Task::Dev(task) => task.run(&plan, &project),
+        Task::Image(task) => task.run(&plan, &project),
+        Task::Deploy(task) => task.run(&plan, &project),
+        Task::Release(task) => task.run(&plan, &project),
+        Task::Rollback(task) => task.run(&plan, &project),
+        Task::Status(task) => task.run(&plan, &project),
+        Task::Logs(task) => task.run(&plan, &project),
+        Task::Migrate(task) => task.run(&plan, &project),
+        Task::Secrets(task) => task.run(&plan, &project),
+        Task::Ci(task) => task.run(&plan, &project),
+        Task::Doctor(task) => task.run(&plan, &project),
+        Task::Chat(task) => task.run(&plan, &project),
+        Task::Bench(task) => task.run(&plan, &project),
+    }
+}

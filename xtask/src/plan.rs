@@ -1,0 +1,136 @@
+//! The one door every external command goes through.
+//!
+//! A task builds real xshell commands and hands them to [`Plan`]. In a normal run each step is
+//! echoed (`$ docker compose …`) and run; with `--dry-run` the same strings are printed, in order,
+//! and nothing runs. Because the printed line is the command's own `Display`, the plan cannot drift
+//! from what would really run. Secrets are passed with `.env(..)` or `.stdin(..)`, which `Display`
+//! never shows, so they cannot reach the plan or an error message.
+
+use std::cell::RefCell;
+
+use anyhow::{Context, Result};
+use xshell::{Cmd, Shell};
+
+pub struct Plan<'a> {
+    sh: &'a Shell,
+    dry_run: bool,
+    steps: RefCell<Vec<String>>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(sh: &'a Shell, dry_run: bool) -> Plan<'a> {
+        Plan { sh, dry_run, steps: RefCell::new(Vec::new()) }
+    }
+
+    pub fn sh(&self) -> &'a Shell {
+        self.sh
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Every step so far, as printed. Lets unit tests assert a plan without Docker or SSH.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn steps(&self) -> Vec<String> {
+        self.steps.borrow().clone()
+    }
+
+    /// A line of commentary in the plan (`# …`), so a printed plan reads as a story.
+    pub fn note(&self, text: &str) {
+        self.steps.borrow_mut().push(format!("# {text}"));
+        if self.dry_run {
+            println!("# {text}");
+        } else {
+            eprintln!("# {text}");
+        }
+    }
+
+    fn record(&self, cmd: &Cmd<'_>) -> String {
+        let line = cmd.to_string();
+        self.steps.borrow_mut().push(line.clone());
+        if self.dry_run {
+            println!("$ {line}");
+        } else {
+            eprintln!("$ {line}");
+        }
+        line
+    }
+
+    /// Runs a step, its output going straight to the terminal. Fails on a non-zero exit.
+    pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(());
+        }
+        cmd.quiet().run().with_context(|| format!("step failed: {line}"))
+    }
+
+    /// Runs a step and returns its standard output, trimmed. In a dry run it returns a placeholder
+    /// naming the command, so later steps can still be printed.
+    pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(format!("<output of {line}>"));
+        }
+        cmd.quiet().read().with_context(|| format!("step failed: {line}"))
+    }
+
+    /// Runs a step whose exit status is the answer (e.g. "is this image present?"). Its output is
+    /// captured, not shown. A dry run assumes success.
+    pub fn check(&self, cmd: Cmd<'_>) -> Result<bool> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(true);
+        }
+        let output = cmd
+            .quiet()
+            .ignore_status()
+            .ignore_stdout()
+            .ignore_stderr()
+            .output()
+            .with_context(|| format!("could not start: {line}"))?;
+        Ok(output.status.success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xshell::cmd;
+
+    #[test]
+    fn dry_run_records_steps_in_order_and_runs_none() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, true);
+        let marker = sh.create_temp_dir().unwrap();
+        let file = marker.path().join("touched");
+        plan.note("make a file");
+        plan.run(cmd!(sh, "touch {file}")).unwrap();
+        assert_eq!(plan.read(cmd!(sh, "echo hi")).unwrap(), "<output of echo hi>");
+        assert!(!file.exists(), "a dry run must not run anything");
+        assert_eq!(
+            plan.steps(),
+            vec!["# make a file".to_string(), format!("touch {}", file.display()), "echo hi".into()]
+        );
+    }
+
+    #[test]
+    fn secrets_given_through_env_stay_out_of_the_plan() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, false);
+        let out = plan.read(cmd!(sh, "printenv TOKEN").env("TOKEN", "s3cr3t-value")).unwrap();
+        assert_eq!(out, "s3cr3t-value");
+        assert!(plan.steps().iter().all(|s| !s.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn a_failing_step_names_the_command() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, false);
+        let err = plan.run(cmd!(sh, "false")).unwrap_err();
+        assert!(format!("{err:#}").contains("step failed: false"), "{err:#}");
+        assert!(!plan.check(cmd!(sh, "false")).unwrap());
+        assert!(plan.check(cmd!(sh, "true")).unwrap());
+    }
+}

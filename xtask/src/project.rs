@@ -1,0 +1,47 @@
+//! The project a task works on: the workspace root (found from the current directory, so that
+//! `cargo xtask` works from any subdirectory and in any clone), its settings and its environment.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::{env::Env, settings::Settings};
+
+pub struct Project {
+    pub root: PathBuf,
+    pub env: Env,
+    pub settings: Settings,
+}
+
+impl Project {
+    pub fn load() -> Result<Project> {
+        let root = root()?;
+        let env = Env::load(&root)?;
+        let settings = Settings::load(&root, &env)?;
+        Ok(Project { root, env, settings })
+    }
+}
+
+pub fn root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir()?;
+    for dir in cwd.ancestors() {
+        if is_workspace_root(dir) {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    // Run as a binary from elsewhere: fall back to where it was built from.
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    if is_workspace_root(built_from) {
+        return Ok(built_from.to_path_buf());
+    }
+    bail!(
+        "not inside the Lattice workspace (no Cargo.toml with [workspace.metadata.lattice] above {})",
+        cwd.display()
+    )
+}
+
+fn is_workspace_root(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .map(|text| text.contains("[workspace.metadata.lattice]"))
+        .unwrap_or(false)
+}
