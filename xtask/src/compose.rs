@@ -3,11 +3,13 @@
 
 use xshell::{cmd, Cmd, Shell};
 
-use crate::settings::Settings;
+use crate::{project::Project, settings::Settings};
 
 pub const BASE: &str = "compose/base.yml";
 pub const DEV: &str = "compose/dev.yml";
 pub const PROD: &str = "compose/prod.yml";
+/// Dev only: the local Discord stand-in and the placeholder LLM, for running without secrets.
+pub const STANDIN: &str = "compose/standin.yml";
 
 /// One combination of overlays, under one compose project name.
 #[derive(Debug, Clone)]
@@ -18,13 +20,16 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The local stack built from the working tree.
-    pub fn dev(settings: &Settings) -> Stack {
-        Stack {
-            project: format!("{}-dev", settings.compose_project),
-            files: vec![BASE.into(), DEV.into()],
-            env_files: vec![],
+    /// The local stack built from the working tree; without a real DISCORD_TOKEN, against the local
+    /// Discord stand-in. `.env` at the root is used when present (compose itself would look for it
+    /// next to the first file, in compose/).
+    pub fn dev(project: &Project) -> Stack {
+        let mut files = vec![BASE.to_string(), DEV.to_string()];
+        if !project.has_real_discord_token() {
+            files.push(STANDIN.to_string());
         }
+        let env_files = if project.root.join(".env").exists() { vec![".env".to_string()] } else { vec![] };
+        Stack { project: format!("{}-dev", project.settings.compose_project), files, env_files }
     }
 
     /// The production combination, with files found under `dir` (a release directory on the server,
@@ -66,15 +71,27 @@ impl Stack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::Env;
+
+    fn project(env: Env) -> Project {
+        let root = std::env::temp_dir().join("lattice-no-such-dir");
+        Project { root, env, settings: Settings::default() }
+    }
 
     #[test]
-    fn dev_stack_combines_base_and_dev() {
+    fn dev_stack_without_a_token_runs_the_standin() {
         let sh = Shell::new().unwrap();
-        let stack = Stack::dev(&Settings::default());
+        let stack = Stack::dev(&project(Env::from_pairs([("DISCORD_TOKEN", "")])));
         assert_eq!(
             stack.cmd(&sh).arg("up").to_string(),
-            "docker compose -p lattice-dev -f compose/base.yml -f compose/dev.yml up"
+            "docker compose -p lattice-dev -f compose/base.yml -f compose/dev.yml -f compose/standin.yml up"
         );
+    }
+
+    #[test]
+    fn dev_stack_with_a_real_token_talks_to_discord() {
+        let stack = Stack::dev(&project(Env::from_pairs([("DISCORD_TOKEN", "MTA.real.token")])));
+        assert_eq!(stack.files, vec![BASE.to_string(), DEV.to_string()]);
     }
 
     #[test]

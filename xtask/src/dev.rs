@@ -1,12 +1,71 @@
 //! NAME
-//!     cargo xtask dev
+//!     cargo xtask dev — the local stack from source, on the real Docker Engine.
+//!
+//! SYNOPSIS
+//!     cargo xtask dev [--down]
+//!
+//! DESCRIPTION
+//!     Builds the bot from the working tree (a debug build in Docker; dependencies stay cached in their
+//!     own layer, so an edit recompiles only the bot), starts Postgres and the bot with the base + dev
+//!     overlays, waits until both are healthy and shows the bot's /health. Without a real
+//!     DISCORD_TOKEN it adds the local Discord stand-in and the placeholder LLM, and says so.
 
-use anyhow::{bail, Result};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
 
-use crate::{flags, plan::Plan, project::Project};
+use anyhow::{Context, Result};
+
+use crate::{compose::Stack, flags, plan::Plan, project::Project};
+
+/// Seconds `up --wait` may take for containers to become healthy (the build comes before it).
+const WAIT_SECS: &str = "180";
 
 impl flags::Dev {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask dev` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let sh = plan.sh();
+        let stack = Stack::dev(project);
+        if self.down {
+            return plan.run(stack.cmd(sh).args(["down", "--remove-orphans"]));
+        }
+        if !project.has_real_discord_token() {
+            plan.note(
+                "no DISCORD_TOKEN set: the bot talks to the local Discord stand-in with placeholder replies \
+                 (set DISCORD_TOKEN and OPENROUTER_API_KEY in .env to use the real services)",
+            );
+        }
+        plan.run(stack.cmd(sh).args(["up", "--build", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
+            .context("the dev stack did not come up healthy; see `cargo xtask logs`")?;
+        if plan.is_dry_run() {
+            return Ok(());
+        }
+        let port = project.env.get("BOT_HTTP_PORT").unwrap_or("8080");
+        let health = http_get(&format!("127.0.0.1:{port}"), "/health")
+            .with_context(|| format!("the bot is up but http://127.0.0.1:{port}/health does not answer"))?;
+        println!("bot healthy: http://127.0.0.1:{port}/health -> {health}");
+        println!(
+            "logs: cargo xtask logs -f    migrations: cargo xtask migrate    stop: cargo xtask dev --down"
+        );
+        if !project.has_real_discord_token() {
+            println!("talk to it: cargo xtask chat");
+        }
+        Ok(())
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback, enough to read the bot's /health without an HTTP client crate.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{status}: {}", body.trim());
+    }
+    Ok(body.trim().to_string())
 }

@@ -66,6 +66,21 @@ impl<'a> Plan<'a> {
         cmd.quiet().run().with_context(|| format!("step failed: {line}"))
     }
 
+    /// Runs an interactive step: standard input, output and error stay the terminal's
+    /// (a chat, a shell). Fails on a non-zero exit.
+    pub fn run_interactive(&self, cmd: Cmd<'_>) -> Result<()> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(());
+        }
+        let status =
+            std::process::Command::from(cmd).status().with_context(|| format!("could not start: {line}"))?;
+        if !status.success() {
+            anyhow::bail!("step failed ({status}): {line}");
+        }
+        Ok(())
+    }
+
     /// Runs a step and returns its standard output, trimmed. In a dry run it returns a placeholder
     /// naming the command, so later steps can still be printed.
     pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
@@ -74,6 +89,37 @@ impl<'a> Plan<'a> {
             return Ok(format!("<output of {line}>"));
         }
         cmd.quiet().read().with_context(|| format!("step failed: {line}"))
+    }
+
+    /// Runs a probe: `Some(output)` (stdout, or stderr when stdout is empty, trimmed) when it
+    /// succeeds, `None` when it fails or cannot start. A dry run prints it and answers `None`.
+    pub fn probe(&self, cmd: Cmd<'_>) -> Option<String> {
+        self.record(&cmd);
+        if self.dry_run {
+            return None;
+        }
+        let output = cmd.quiet().ignore_status().output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        Some(if stdout.is_empty() { stderr } else { stdout })
+    }
+
+    /// Starts a long-lived step in the background with piped stdin and stdout (e.g. the ssh session
+    /// that holds the deploy lock). A dry run prints it and starts nothing.
+    pub fn spawn(&self, cmd: Cmd<'_>) -> Result<Option<std::process::Child>> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(None);
+        }
+        let child = std::process::Command::from(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start: {line}"))?;
+        Ok(Some(child))
     }
 
     /// Runs a step whose exit status is the answer (e.g. "is this image present?"). Its output is

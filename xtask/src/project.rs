@@ -22,6 +22,13 @@ impl Project {
     }
 }
 
+impl Project {
+    /// A DISCORD_TOKEN that is set and is not the placeholder of .env.example.
+    pub fn has_real_discord_token(&self) -> bool {
+        self.env.get("DISCORD_TOKEN").is_some_and(|token| !token.starts_with("replace-me"))
+    }
+}
+
 pub fn root() -> Result<PathBuf> {
     let cwd = std::env::current_dir()?;
     for dir in cwd.ancestors() {

@@ -1,0 +1,85 @@
+//! The compose overlays, merged by the real `docker compose config`: what a user would check before
+//! trusting them with a production box.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn compose_config(files: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("docker");
+    cmd.current_dir(root()).args(["compose", "-p", "overlay-test"]);
+    for file in files {
+        cmd.args(["-f", file]);
+    }
+    cmd.args(["config", "--format", "json"]);
+    // Only what the test gives: no stray BOT_IMAGE or ports from the caller's environment.
+    for name in ["BOT_IMAGE", "POSTGRES_PORT", "BOT_HTTP_PORT", "DISCORD_TOKEN"] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("docker compose must be installed (Compose v2: see `cargo xtask doctor`)")
+}
+
+fn merged(files: &[&str], env: &[(&str, &str)]) -> Value {
+    let out = compose_config(files, env);
+    assert!(out.status.success(), "compose config failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const PROD: &[&str] = &["compose/base.yml", "compose/prod.yml"];
+const DEV: &[&str] = &["compose/base.yml", "compose/dev.yml"];
+
+#[test]
+fn prod_publishes_nothing_builds_nothing_and_mounts_no_source() {
+    let config = merged(PROD, &[("BOT_IMAGE", "registry.example/lattice-bot:abc1234")]);
+    let services = config["services"].as_object().unwrap();
+    assert_eq!(services.keys().collect::<Vec<_>>(), ["bot", "postgres"], "prod runs exactly bot and postgres");
+    for (name, service) in services {
+        assert!(service.get("ports").is_none(), "{name} publishes a port in prod: {}", service["ports"]);
+        assert!(service.get("build").is_none(), "{name} would be built on the server");
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            assert_ne!(volume["type"], "bind", "{name} bind-mounts {} in prod", volume["source"]);
+        }
+    }
+    let bot = &services["bot"];
+    assert_eq!(bot["image"], "registry.example/lattice-bot:abc1234");
+    assert!(bot.get("container_name").is_none(), "a handover runs two bots: no container_name");
+    let user = bot["user"].as_str().expect("the bot runs as a named non-root user");
+    assert!(!user.starts_with('0') && !user.starts_with("root"), "bot user {user}");
+    assert!(bot["stop_grace_period"].is_string(), "the bot gets a grace period to finish replies");
+}
+
+#[test]
+fn prod_without_bot_image_fails_naming_it() {
+    let out = compose_config(PROD, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BOT_IMAGE"), "{stderr}");
+}
+
+#[test]
+fn dev_builds_the_bot_and_publishes_on_loopback_only() {
+    let config = merged(DEV, &[]);
+    let services = &config["services"];
+    assert!(services["bot"]["build"].is_object(), "dev builds the bot from the working tree");
+    for name in ["bot", "postgres"] {
+        let ports = services[name]["ports"].as_array().unwrap_or_else(|| panic!("{name} has no port in dev"));
+        for port in ports {
+            assert_eq!(port["host_ip"], "127.0.0.1", "{name} published beyond loopback: {port}");
+        }
+    }
+}
+
+#[test]
+fn the_discord_standin_exists_only_in_its_dev_overlay() {
+    let with = merged(&["compose/base.yml", "compose/dev.yml", "compose/standin.yml"], &[]);
+    assert!(with["services"]["discord"].is_object());
+    assert_eq!(with["services"]["bot"]["environment"]["LLM_PROVIDER"], "placeholder");
+    let prod = merged(PROD, &[("BOT_IMAGE", "x:y")]);
+    assert!(prod["services"].get("discord").is_none());
+    assert!(prod["services"]["bot"]["environment"].get("DISCORD_API_URL").is_none_or(|v| v.is_null()));
+}
