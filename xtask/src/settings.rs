@@ -15,7 +15,7 @@ pub struct Settings {
     pub image: String,
     /// Directory on the server, relative to the ssh user's home unless absolute. Env: LATTICE_DEPLOY_PATH.
     pub deploy_path: String,
-    /// Compose project name, on the server and for the dev stack.
+    /// Compose project name, on the server and (with `-dev`) for the dev stack. Env: LATTICE_COMPOSE_PROJECT.
     pub compose_project: String,
     /// Seconds a new release has to become healthy.
     pub health_timeout_secs: u64,
@@ -46,20 +46,30 @@ impl Settings {
         if let Some(deploy_path) = env.get("LATTICE_DEPLOY_PATH") {
             settings.deploy_path = deploy_path.to_string();
         }
+        if let Some(project) = env.get("LATTICE_COMPOSE_PROJECT") {
+            settings.compose_project = project.to_string();
+        }
         settings.validate()?;
         Ok(settings)
     }
 
     fn parse(cargo_toml: &str) -> Result<Settings> {
-        let doc: toml::Table = toml::from_str(cargo_toml)?;
-        let Some(section) =
-            doc.get("workspace").and_then(|w| w.get("metadata")).and_then(|m| m.get("lattice"))
-        else {
-            return Ok(Settings::default());
-        };
-        section.clone().try_into().map_err(|err: toml::de::Error| {
-            anyhow::anyhow!("[workspace.metadata.lattice]: {}", err.message())
-        })
+        // Deserialized from the text itself so that an error points at the offending line and key.
+        #[derive(Deserialize)]
+        struct Manifest {
+            workspace: Option<Workspace>,
+        }
+        #[derive(Deserialize)]
+        struct Workspace {
+            metadata: Option<Metadata>,
+        }
+        #[derive(Deserialize)]
+        struct Metadata {
+            lattice: Option<Settings>,
+        }
+        let manifest: Manifest = toml::from_str(cargo_toml)
+            .map_err(|err| anyhow::anyhow!("[workspace.metadata.lattice]: {err}"))?;
+        Ok(manifest.workspace.and_then(|w| w.metadata).and_then(|m| m.lattice).unwrap_or_default())
     }
 
     fn validate(&self) -> Result<()> {
@@ -77,6 +87,13 @@ impl Settings {
         }
         if self.deploy_path.is_empty() || self.deploy_path.contains(['\'', '"', '$', '`', ' ', '\\']) {
             return Err(bad("deploy_path", "must be a plain path without quotes, spaces or $"));
+        }
+        let project_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if self.compose_project.is_empty() || !self.compose_project.chars().all(project_ok) {
+            return Err(bad(
+                "compose_project",
+                "must be lowercase letters, digits, - and _ (a compose project name)",
+            ));
         }
         if self.health_timeout_secs == 0 {
             return Err(bad("health_timeout_secs", "must be at least 1"));
