@@ -5,7 +5,8 @@
 #   lattice-local/postgres:15         Debian's PostgreSQL 15 with the official postgres image's contract
 #   lattice-local/debian:bookworm     for debian:bookworm-slim (the bot's runtime base)
 #   lattice-local/rust:1.95-bookworm  for rust:1.95-bookworm: gcc, libc6-dev, pkg-config and this
-#                                     machine's Rust 1.95 toolchain in the official image's layout
+#                                     machine's Rust 1.95 toolchain in the official image's layout,
+#                                     trusting the host's local CAs (/usr/local/share/ca-certificates)
 #
 # Usage: .ci/local-images.sh [--force] [postgres|debian|rust]...
 #   An image that already exists is skipped unless --force. Without names, all three are built.
@@ -38,7 +39,7 @@ for arg in "$@"; do
 	--force) force=true ;;
 	postgres | debian | rust) wanted+=("$arg") ;;
 	-h | --help)
-		sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+		awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 		exit 0
 		;;
 	*) die "unknown argument '$arg' (expected --force, postgres, debian or rust)" ;;
@@ -161,6 +162,14 @@ build_rust() {
 	for bin in "$ROOTFS$toolchain"/bin/*; do
 		ln -s "$toolchain/bin/$(basename "$bin")" "$ROOTFS/usr/local/cargo/bin/"
 	done
+	# Trust what the host trusts: where crates.io is reached through a TLS-inspecting proxy, its CA
+	# sits in /usr/local/share/ca-certificates, and cargo inside the image needs it too.
+	local ca
+	for ca in /usr/local/share/ca-certificates/*.crt; do
+		[ -e "$ca" ] || continue
+		install -m 0644 "$ca" "$ROOTFS/usr/local/share/ca-certificates/"
+	done
+	chroot "$ROOTFS" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the rust image"
 	# Any user can run the tools and fill the cargo registry cache, as in the official image.
 	chown -R 0:0 "$ROOTFS/usr/local/rustup" "$ROOTFS/usr/local/cargo"
 	chmod -R a+rwX "$ROOTFS/usr/local/rustup" "$ROOTFS/usr/local/cargo"
