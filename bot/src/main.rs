@@ -1,3 +1,113 @@
-fn main() {
-    println!("lattice-bot");
+//! NAME
+//!     lattice-bot — the Lattice Discord bot and its companions
+//!
+//! SYNOPSIS
+//!     lattice-bot run | migrate | healthcheck | schema | discord-standin | chat
+//!
+//! DESCRIPTION
+//!     `run` is the bot. The others serve deploys (`migrate`, `healthcheck`, `schema`) and
+//!     development (`discord-standin`, `chat`). Logs are JSON lines on stderr.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lattice_bot::{
+    bot, chat,
+    config::{self, Config, DbConfig, Env},
+    db, http, standin,
+};
+
+#[derive(Parser)]
+#[command(name = "lattice-bot", version, about = "The Lattice Discord bot")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bot: gateway, replies, /health and /metrics on HTTP_PORT.
+    Run,
+    /// Apply the embedded migrations (needs only the database variables).
+    Migrate,
+    /// Probe this container's own /health; exit 0 only when it answers 200.
+    Healthcheck,
+    /// Print the embedded migration head as JSON, without touching a database.
+    Schema,
+    /// Serve a stand-in for Discord (REST, gateway v10, control API) for development and tests.
+    DiscordStandin {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8090")]
+        listen: String,
+        #[command(flatten)]
+        world: standin::World,
+    },
+    /// Chat with the bot through the stand-in: stdin lines become messages, replies are printed.
+    Chat(chat::ChatArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lattice_bot::install_crypto_provider();
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    match command {
+        Command::Run => bot::run(Config::from_env(&env)?).await,
+        Command::Migrate => {
+            let db = DbConfig::from_env(&env)?;
+            let applied = db::migrate(&db).await.map_err(|e| anyhow::anyhow!("migrate failed: {e:#}"))?;
+            let head = db::schema_info().head;
+            if applied.is_empty() {
+                println!("up to date at {head}");
+            } else {
+                for (version, description) in &applied {
+                    println!("applied {version:04} {description}");
+                }
+                println!("now at {head}");
+            }
+            Ok(())
+        }
+        Command::Healthcheck => http::probe(config::http_port_from_env(&env)?).await,
+        Command::Schema => {
+            println!("{}", serde_json::to_string(&db::schema_info())?);
+            Ok(())
+        }
+        Command::DiscordStandin { listen, world } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            tracing::info!(listen = %listener.local_addr()?, ?world, "discord stand-in serving");
+            standin::serve(listener, world).await?;
+            Ok(())
+        }
+        Command::Chat(args) => chat::run(args).await,
+    }
 }

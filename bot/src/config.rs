@@ -1,0 +1,412 @@
+//! Configuration from the environment.
+//!
+//! Every problem is collected and reported at once, and a secret's value never appears in an error,
+//! in `Debug` output or in a log line.
+
+use std::{collections::HashMap, fmt, time::Duration};
+
+use sqlx::postgres::PgConnectOptions;
+use twilight_model::id::{
+    marker::{ChannelMarker, GuildMarker},
+    Id,
+};
+
+/// Variables whose values must never be printed.
+pub const SECRET_VARS: &[&str] =
+    &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "DATABASE_URL"];
+
+pub const DEFAULT_OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
+pub const DEFAULT_OPENROUTER_MODEL: &str = "openrouter/auto";
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// A snapshot of the environment, so parsing is a pure function that unit tests can drive.
+#[derive(Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    }
+
+    /// The value, with empty strings treated as unset (compose passes `VAR=` for unset variables).
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+/// Every missing or invalid variable, listed together.
+#[derive(Debug, Default)]
+pub struct ConfigError {
+    pub missing: Vec<String>,
+    pub invalid: Vec<(String, String)>,
+}
+
+impl ConfigError {
+    fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.invalid.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "configuration is incomplete or invalid (set these environment variables, e.g. in `.env`):"
+        )?;
+        for name in &self.missing {
+            writeln!(f, "  missing: {name}")?;
+        }
+        for (name, why) in &self.invalid {
+            writeln!(f, "  invalid: {name}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems while reading variables.
+struct Reader<'a> {
+    env: &'a Env,
+    err: ConfigError,
+}
+
+impl<'a> Reader<'a> {
+    fn required(&mut self, name: &str) -> Option<&'a str> {
+        let v = self.env.get(name);
+        if v.is_none() {
+            self.err.missing.push(name.to_owned());
+        }
+        v
+    }
+
+    fn invalid(&mut self, name: &str, why: impl Into<String>) {
+        self.err.invalid.push((name.to_owned(), why.into()));
+    }
+
+    fn snowflake<T>(&mut self, name: &str) -> Option<Id<T>> {
+        let raw = self.required(name)?;
+        match raw.parse::<u64>().ok().and_then(Id::new_checked) {
+            Some(id) => Some(id),
+            None => {
+                self.invalid(name, "expected a Discord id (a positive integer)");
+                None
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        name: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> T {
+        let Some(raw) = self.env.get(name) else {
+            return default;
+        };
+        match raw.parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            _ => {
+                self.invalid(name, format!("expected a number from {min} to {max}"));
+                default
+            }
+        }
+    }
+
+    /// A URL whose scheme must be one of `schemes`. URLs here are never secret.
+    fn url(&mut self, name: &str, schemes: &[&str]) -> Option<String> {
+        let raw = self.env.get(name)?;
+        let ok = schemes
+            .iter()
+            .any(|s| raw.strip_prefix(s).and_then(|r| r.strip_prefix("://")).is_some_and(|h| !h.is_empty()));
+        if ok {
+            Some(raw.trim_end_matches('/').to_owned())
+        } else {
+            let want: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+            self.invalid(name, format!("expected a URL starting with {}", want.join(" or ")));
+            None
+        }
+    }
+
+    fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
+        if self.err.is_empty() {
+            Ok(value())
+        } else {
+            Err(self.err)
+        }
+    }
+}
+
+/// How to reach Postgres: `DATABASE_URL`, or the `POSTGRES_*` parts.
+#[derive(Clone)]
+pub struct DbConfig {
+    pub options: PgConnectOptions,
+    /// Host and port only, for messages (never the password).
+    pub display: String,
+}
+
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig").field("server", &self.display).finish_non_exhaustive()
+    }
+}
+
+impl DbConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut r = Reader { env, err: ConfigError::default() };
+        let db = read_db(&mut r);
+        r.finish(|| db.expect("no error means a database config"))
+    }
+}
+
+fn read_db(r: &mut Reader<'_>) -> Option<DbConfig> {
+    if let Some(url) = r.env.get("DATABASE_URL") {
+        return match url.parse::<PgConnectOptions>() {
+            Ok(options) => {
+                let display = format!("{}:{}", options.get_host(), options.get_port());
+                Some(DbConfig { options, display })
+            }
+            Err(_) => {
+                r.invalid("DATABASE_URL", "not a valid postgres:// URL (value not shown)");
+                None
+            }
+        };
+    }
+    let host = r.env.get("POSTGRES_HOST").unwrap_or("postgres").to_owned();
+    let port = r.number("POSTGRES_PORT", 5432u16, 1, u16::MAX);
+    let user = r.env.get("POSTGRES_USER");
+    let password = r.env.get("POSTGRES_PASSWORD");
+    let db = r.env.get("POSTGRES_DB");
+    let mut missing = Vec::new();
+    for (name, v) in [("POSTGRES_USER", user), ("POSTGRES_PASSWORD", password), ("POSTGRES_DB", db)] {
+        if v.is_none() {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        r.err.missing.push(format!("DATABASE_URL (or {})", missing.join(", ")));
+        return None;
+    }
+    let options =
+        PgConnectOptions::new().host(&host).port(port).username(user?).password(password?).database(db?);
+    Some(DbConfig { options, display: format!("{host}:{port}") })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LlmProvider {
+    OpenRouter,
+    Placeholder,
+}
+
+impl LlmProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmProvider::OpenRouter => "openrouter",
+            LlmProvider::Placeholder => "placeholder",
+        }
+    }
+}
+
+/// Where the bot finds Discord: the real service, or a stand-in.
+#[derive(Clone, Debug, Default)]
+pub struct DiscordEndpoints {
+    /// `http://host:port` of a stand-in REST API; `None` = discord.com.
+    pub api_url: Option<String>,
+    /// `ws://host:port` of a stand-in gateway; `None` = Discord's gateway.
+    pub gateway_url: Option<String>,
+}
+
+/// Everything `lattice-bot run` needs.
+#[derive(Clone)]
+pub struct Config {
+    pub discord_token: String,
+    pub guild_id: Id<GuildMarker>,
+    pub main_channel_id: Id<ChannelMarker>,
+    pub dream_channel_id: Id<ChannelMarker>,
+    pub discord: DiscordEndpoints,
+    pub llm_provider: LlmProvider,
+    pub openrouter_api_key: Option<String>,
+    pub openrouter_model: String,
+    pub openrouter_base_url: String,
+    pub llm_timeout: Duration,
+    pub context_messages: u32,
+    pub db: DbConfig,
+    pub http_port: u16,
+    pub git_sha: String,
+    pub shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("discord_token", &"<redacted>")
+            .field("guild_id", &self.guild_id)
+            .field("main_channel_id", &self.main_channel_id)
+            .field("dream_channel_id", &self.dream_channel_id)
+            .field("discord", &self.discord)
+            .field("llm_provider", &self.llm_provider)
+            .field("openrouter_api_key", &self.openrouter_api_key.as_ref().map(|_| "<redacted>"))
+            .field("openrouter_model", &self.openrouter_model)
+            .field("openrouter_base_url", &self.openrouter_base_url)
+            .field("llm_timeout", &self.llm_timeout)
+            .field("context_messages", &self.context_messages)
+            .field("db", &self.db)
+            .field("http_port", &self.http_port)
+            .field("git_sha", &self.git_sha)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut r = Reader { env, err: ConfigError::default() };
+        let discord_token = r.required("DISCORD_TOKEN").map(str::to_owned);
+        let guild_id = r.snowflake("DISCORD_GUILD_ID");
+        let main_channel_id = r.snowflake("DISCORD_MAIN_CHANNEL_ID");
+        let dream_channel_id = r.snowflake("DISCORD_DREAM_CHANNEL_ID");
+        if main_channel_id.is_some() && main_channel_id == dream_channel_id {
+            r.invalid("DISCORD_DREAM_CHANNEL_ID", "must differ from DISCORD_MAIN_CHANNEL_ID");
+        }
+        let llm_provider = match env.get("LLM_PROVIDER").unwrap_or("openrouter") {
+            "openrouter" => LlmProvider::OpenRouter,
+            "placeholder" => LlmProvider::Placeholder,
+            _ => {
+                r.invalid("LLM_PROVIDER", "expected `openrouter` or `placeholder`");
+                LlmProvider::OpenRouter
+            }
+        };
+        let openrouter_api_key = match llm_provider {
+            LlmProvider::OpenRouter => r.required("OPENROUTER_API_KEY").map(str::to_owned),
+            LlmProvider::Placeholder => env.get("OPENROUTER_API_KEY").map(str::to_owned),
+        };
+        let openrouter_model = env.get("OPENROUTER_MODEL").unwrap_or(DEFAULT_OPENROUTER_MODEL).to_owned();
+        let openrouter_base_url = r
+            .url("OPENROUTER_BASE_URL", &["https", "http"])
+            .unwrap_or_else(|| DEFAULT_OPENROUTER_BASE_URL.to_owned());
+        let llm_timeout = Duration::from_secs(r.number("LLM_TIMEOUT_SECS", 60u64, 1, 600));
+        let context_messages = r.number("CONTEXT_MESSAGES", 20u32, 1, 200);
+        let discord = DiscordEndpoints {
+            api_url: r.url("DISCORD_API_URL", &["http", "https"]),
+            gateway_url: r.url("DISCORD_GATEWAY_URL", &["ws", "wss"]),
+        };
+        let db = read_db(&mut r);
+        let http_port = r.number("HTTP_PORT", DEFAULT_HTTP_PORT, 1, u16::MAX);
+        let git_sha = env.get("LATTICE_GIT_SHA").unwrap_or("unknown").to_owned();
+        let shutdown_timeout = Duration::from_secs(r.number("SHUTDOWN_TIMEOUT_SECS", 8u64, 1, 300));
+        r.finish(|| Config {
+            discord_token: discord_token.expect("checked"),
+            guild_id: guild_id.expect("checked"),
+            main_channel_id: main_channel_id.expect("checked"),
+            dream_channel_id: dream_channel_id.expect("checked"),
+            discord,
+            llm_provider,
+            openrouter_api_key,
+            openrouter_model,
+            openrouter_base_url,
+            llm_timeout,
+            context_messages,
+            db: db.expect("checked"),
+            http_port,
+            git_sha,
+            shutdown_timeout,
+        })
+    }
+}
+
+/// `HTTP_PORT` for the health probe, which must work with nothing else configured.
+pub fn http_port_from_env(env: &Env) -> Result<u16, ConfigError> {
+    let mut r = Reader { env, err: ConfigError::default() };
+    let port = r.number("HTTP_PORT", DEFAULT_HTTP_PORT, 1, u16::MAX);
+    r.finish(|| port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &[(&str, &str)] = &[
+        ("DISCORD_TOKEN", "tok-secret-value"),
+        ("DISCORD_GUILD_ID", "1"),
+        ("DISCORD_MAIN_CHANNEL_ID", "2"),
+        ("DISCORD_DREAM_CHANNEL_ID", "3"),
+        ("OPENROUTER_API_KEY", "sk-or-secret-value"),
+        ("POSTGRES_USER", "u"),
+        ("POSTGRES_PASSWORD", "pw-secret-value"),
+        ("POSTGRES_DB", "d"),
+    ];
+
+    #[test]
+    fn empty_environment_lists_every_missing_variable_at_once() {
+        let err = Config::from_env(&Env::default()).unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "DISCORD_TOKEN",
+            "DISCORD_GUILD_ID",
+            "DISCORD_MAIN_CHANNEL_ID",
+            "DISCORD_DREAM_CHANNEL_ID",
+            "OPENROUTER_API_KEY",
+            "DATABASE_URL (or POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB)",
+        ] {
+            assert!(text.contains(name), "{name} not listed in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn placeholder_provider_needs_no_api_key() {
+        let env: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != "OPENROUTER_API_KEY").collect();
+        let mut env = Env::from_pairs(env);
+        env.0.insert("LLM_PROVIDER".into(), "placeholder".into());
+        let cfg = Config::from_env(&env).unwrap();
+        assert_eq!(cfg.llm_provider, LlmProvider::Placeholder);
+        assert_eq!(cfg.context_messages, 20);
+        assert_eq!(cfg.http_port, 8080);
+    }
+
+    #[test]
+    fn invalid_values_are_reported_together_without_secret_values() {
+        let mut env = Env::from_pairs(FULL.iter().copied());
+        for (k, v) in [
+            ("DISCORD_GUILD_ID", "abc"),
+            ("DISCORD_DREAM_CHANNEL_ID", "2"),
+            ("LLM_PROVIDER", "gpt"),
+            ("CONTEXT_MESSAGES", "0"),
+            ("HTTP_PORT", "99999"),
+            ("DISCORD_GATEWAY_URL", "http://x"),
+        ] {
+            env.0.insert(k.into(), v.into());
+        }
+        let text = Config::from_env(&env).unwrap_err().to_string();
+        for name in [
+            "DISCORD_GUILD_ID",
+            "DISCORD_DREAM_CHANNEL_ID",
+            "LLM_PROVIDER",
+            "CONTEXT_MESSAGES",
+            "HTTP_PORT",
+            "DISCORD_GATEWAY_URL",
+        ] {
+            assert!(text.contains(&format!("invalid: {name}")), "{name} not reported in:\n{text}");
+        }
+        assert!(!text.contains("secret-value"), "a secret leaked:\n{text}");
+    }
+
+    #[test]
+    fn bad_database_url_does_not_echo_it() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql://u:pw-secret-value@h/db")]);
+        let text = DbConfig::from_env(&env).unwrap_err().to_string();
+        assert!(text.contains("invalid: DATABASE_URL"), "{text}");
+        assert!(!text.contains("secret-value"), "{text}");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let cfg = Config::from_env(&Env::from_pairs(FULL.iter().copied())).unwrap();
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("secret-value"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+}

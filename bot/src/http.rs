@@ -1,0 +1,222 @@
+//! `/health` and `/metrics`, and the `healthcheck` probe that the image's HEALTHCHECK runs.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+
+/// The gateway connection as `/health` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GatewayState {
+    Connecting = 0,
+    Connected = 1,
+    Disconnected = 2,
+    ShuttingDown = 3,
+}
+
+impl GatewayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayState::Connecting => "connecting",
+            GatewayState::Connected => "connected",
+            GatewayState::Disconnected => "disconnected",
+            GatewayState::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => GatewayState::Connected,
+            2 => GatewayState::Disconnected,
+            3 => GatewayState::ShuttingDown,
+            _ => GatewayState::Connecting,
+        }
+    }
+}
+
+/// Counters for `/metrics`. Costs are kept in micro-dollars so they fit an atomic integer.
+#[derive(Default)]
+pub struct Metrics {
+    pub messages_stored: AtomicU64,
+    pub duplicate_events: AtomicU64,
+    pub replies: AtomicU64,
+    pub reply_parts: AtomicU64,
+    pub llm_ok: AtomicU64,
+    pub llm_errors: AtomicU64,
+    pub llm_latency_ms_sum: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub cost_micro_usd: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub db_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn render(&self, gateway: GatewayState) -> String {
+        let mut s = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in samples {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed).to_string();
+        counter(
+            "lattice_messages_stored_total",
+            "Messages stored in episodic memory.",
+            &[("", g(&self.messages_stored))],
+        );
+        counter(
+            "lattice_duplicate_events_total",
+            "Repeated events recognised and not handled again.",
+            &[("", g(&self.duplicate_events))],
+        );
+        counter("lattice_replies_total", "Messages answered.", &[("", g(&self.replies))]);
+        counter(
+            "lattice_reply_parts_total",
+            "Discord messages posted for replies.",
+            &[("", g(&self.reply_parts))],
+        );
+        counter(
+            "lattice_llm_requests_total",
+            "LLM calls by result.",
+            &[("{result=\"ok\"}", g(&self.llm_ok)), ("{result=\"error\"}", g(&self.llm_errors))],
+        );
+        counter(
+            "lattice_llm_tokens_total",
+            "Tokens used by kind.",
+            &[
+                ("{kind=\"prompt\"}", g(&self.prompt_tokens)),
+                ("{kind=\"completion\"}", g(&self.completion_tokens)),
+            ],
+        );
+        counter(
+            "lattice_llm_cost_usd_total",
+            "LLM cost in US dollars.",
+            &[("", format!("{:.6}", self.cost_micro_usd.load(Relaxed) as f64 / 1e6))],
+        );
+        counter(
+            "lattice_gateway_reconnects_total",
+            "Gateway sessions re-established.",
+            &[("", g(&self.reconnects))],
+        );
+        counter("lattice_db_errors_total", "Failed database operations.", &[("", g(&self.db_errors))]);
+        let calls = self.llm_ok.load(Relaxed) + self.llm_errors.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP lattice_llm_latency_seconds LLM call latency.\n# TYPE lattice_llm_latency_seconds summary\n\
+             lattice_llm_latency_seconds_sum {:.3}\nlattice_llm_latency_seconds_count {calls}",
+            self.llm_latency_ms_sum.load(Relaxed) as f64 / 1000.0
+        );
+        let _ = writeln!(
+            s,
+            "# HELP lattice_gateway_connected 1 while the gateway session is live.\n# TYPE lattice_gateway_connected gauge\n\
+             lattice_gateway_connected {}",
+            u8::from(gateway == GatewayState::Connected)
+        );
+        s
+    }
+}
+
+/// What the HTTP server and the gateway loop share.
+pub struct Health {
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    gateway: AtomicU8,
+    pub sha: String,
+    pub schema_head: i64,
+}
+
+impl Health {
+    pub fn new(pool: PgPool, sha: String) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            metrics: Metrics::default(),
+            gateway: AtomicU8::new(GatewayState::Connecting as u8),
+            sha,
+            schema_head: crate::db::schema_info().head,
+        })
+    }
+
+    pub fn set_gateway(&self, s: GatewayState) {
+        self.gateway.store(s as u8, Relaxed);
+    }
+
+    pub fn gateway(&self) -> GatewayState {
+        GatewayState::from_u8(self.gateway.load(Relaxed))
+    }
+
+    /// `(healthy, body)`: healthy only when Postgres answers with a schema this build can use and
+    /// the gateway session is live.
+    pub async fn check(&self) -> (bool, serde_json::Value) {
+        let gateway = self.gateway();
+        let db = tokio::time::timeout(Duration::from_secs(3), crate::db::schema_version(&self.pool)).await;
+        let (db_text, schema_version) = match db {
+            Ok(Ok(v)) => ("ok".to_owned(), Some(v)),
+            Ok(Err(e)) => (format!("unreachable: {e}"), None),
+            Err(_) => ("unreachable: timed out".to_owned(), None),
+        };
+        let mut problems = Vec::new();
+        match schema_version {
+            None => problems.push(db_text.clone()),
+            Some(v) if v < self.schema_head => {
+                problems.push(format!("schema {v} is behind {}: run `lattice-bot migrate`", self.schema_head))
+            }
+            Some(_) => {}
+        }
+        if gateway != GatewayState::Connected {
+            problems.push(format!("gateway {}", gateway.as_str()));
+        }
+        let healthy = problems.is_empty();
+        let body = json!({
+            "status": if healthy { "ok" } else { "unhealthy" },
+            "sha": self.sha,
+            "schema_version": schema_version,
+            "schema_head": self.schema_head,
+            "gateway": gateway.as_str(),
+            "database": db_text,
+            "problems": problems,
+        });
+        (healthy, body)
+    }
+}
+
+pub fn router(state: Arc<Health>) -> Router {
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(state)
+}
+
+async fn health(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let (ok, body) = h.check().await;
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body))
+}
+
+async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], h.metrics.render(h.gateway()))
+}
+
+/// `lattice-bot healthcheck`: exit status 0 only when our own `/health` answers 200.
+pub async fn probe(port: u16) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(4)).build()?;
+    let resp = client.get(&url).send().await.map_err(|e| {
+        anyhow::anyhow!("{url} is not answering ({}): is `lattice-bot run` up?", e.without_url())
+    })?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!("{body}");
+    if status.is_success() {
+        Ok(())
+    } else {
+        anyhow::bail!("{url} answered {status}")
+    }
+}

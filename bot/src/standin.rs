@@ -1,0 +1,563 @@
+//! `lattice-bot discord-standin`: a small Discord for development and tests.
+//!
+//! It speaks the real v10 protocol to the real twilight clients: the REST calls the bot makes
+//! (`/api/v10/...`) and a gateway websocket (Hello, Identify → Ready, heartbeats, Resume → replay +
+//! Resumed, MESSAGE_CREATE dispatch). A control API under `/control/` lets people and tests post
+//! user messages and read what the bot posted.
+//!
+//! Control API (JSON):
+//! - `GET  /control/info` → guild, main and dream channel ids, bot user id
+//! - `POST /control/messages {"content", "channel_id"?, "author"?, "repeat"?}` → `{"id"}`: a user
+//!   message, dispatched `repeat` times (default 1) as MESSAGE_CREATE
+//! - `GET  /control/posted?after=SEQ&wait=SECS` → `{"messages":[…], "next": SEQ}`: what the bot
+//!   posted, long-polling up to `wait` seconds for something new
+//! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
+//!   `POST /control/reconnect` asks clients to reconnect (opcode 7)
+//! - `GET  /control/state` → connection, identify and resume counts
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{
+        ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
+        Path, Query, State,
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use twilight_model::{
+    channel::message::{Message, MessageFlags, MessageReference, MessageReferenceType, MessageType},
+    gateway::{payload::incoming::Ready, ShardId},
+    guild::UnavailableGuild,
+    id::Id,
+    oauth::{ApplicationFlags, PartialApplication},
+    user::{CurrentUser, User},
+    util::Timestamp,
+};
+
+/// Ids the stand-in's world uses. Defaults match the dev stack's `.env.example`-style values and
+/// can be overridden with the same variables the bot reads.
+#[derive(Clone, Debug, clap::Args)]
+pub struct World {
+    /// Guild (server) id.
+    #[arg(long, env = "DISCORD_GUILD_ID", default_value_t = 100_000_000_000_000_001)]
+    pub guild_id: u64,
+    /// The channel the bot talks in.
+    #[arg(long, env = "DISCORD_MAIN_CHANNEL_ID", default_value_t = 100_000_000_000_000_002)]
+    pub main_channel_id: u64,
+    /// The channel that receives audit lines.
+    #[arg(long, env = "DISCORD_DREAM_CHANNEL_ID", default_value_t = 100_000_000_000_000_003)]
+    pub dream_channel_id: u64,
+    /// Gateway heartbeat interval sent in Hello, in milliseconds.
+    #[arg(long, default_value_t = 41_250)]
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self {
+            guild_id: 100_000_000_000_000_001,
+            main_channel_id: 100_000_000_000_000_002,
+            dream_channel_id: 100_000_000_000_000_003,
+            heartbeat_interval_ms: 41_250,
+        }
+    }
+}
+
+pub const BOT_USER_ID: u64 = 100_000_000_000_000_010;
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
+/// A message the bot posted through the REST API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Posted {
+    pub seq: u64,
+    pub id: String,
+    pub channel_id: String,
+    pub content: String,
+    pub reply_to: Option<String>,
+    /// Posted to the dream channel.
+    pub dream: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_id: u64,
+    /// Every dispatch ever made, in order: `(event type, data)`.
+    events: Vec<(&'static str, Value)>,
+    /// Session id → index into `events` at READY.
+    sessions: HashMap<String, usize>,
+    posted: Vec<Posted>,
+    users: HashMap<String, u64>,
+    connections: u64,
+    identifies: u64,
+    resumes: u64,
+    /// Bumped to drop (`drops`) or reconnect (`reconnects`) every live connection.
+    drops: u64,
+    reconnects: u64,
+}
+
+impl Inner {
+    fn snowflake(&mut self) -> u64 {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let id = (now_ms.saturating_sub(DISCORD_EPOCH_MS) << 22).max(self.last_id + 1);
+        self.last_id = id;
+        id
+    }
+}
+
+struct Shared {
+    world: World,
+    inner: Mutex<Inner>,
+    /// Bumped on every change, so connections and long polls wake up.
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn update<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let out = f(&mut self.inner.lock().expect("stand-in state"));
+        self.changed.send_modify(|v| *v += 1);
+        out
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
+        f(&self.inner.lock().expect("stand-in state"))
+    }
+}
+
+/// The stand-in's HTTP app (REST, gateway and control API on one port).
+pub fn router(world: World) -> Router {
+    let shared = Arc::new(Shared { world, inner: Mutex::default(), changed: watch::channel(0).0 });
+    Router::new()
+        .route("/", get(gateway))
+        .route("/api/v10/gateway", get(gateway_info))
+        .route("/api/v10/gateway/bot", get(gateway_info))
+        .route("/api/v10/users/@me", get(current_user_route))
+        .route("/api/v10/channels/{channel}/messages", post(create_message))
+        .route("/control/info", get(info))
+        .route("/control/messages", post(control_post))
+        .route("/control/posted", get(control_posted))
+        .route("/control/drop", post(control_drop))
+        .route("/control/reconnect", post(control_reconnect))
+        .route("/control/state", get(control_state))
+        .fallback(|| async { discord_error(StatusCode::NOT_FOUND, 0, "404: Not Found") })
+        .with_state(shared)
+}
+
+/// Serves the stand-in on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, world: World) -> std::io::Result<()> {
+    axum::serve(listener, router(world)).await
+}
+
+/// Binds `addr` (port 0 = any free port) and serves in the background; for tests.
+pub async fn spawn(addr: &str, world: World) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, world));
+    Ok(local)
+}
+
+fn discord_error(status: StatusCode, code: u32, message: &str) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bot "))
+        .is_some_and(|t| !t.trim().is_empty())
+}
+
+fn user(id: u64, name: &str, bot: bool) -> User {
+    User {
+        accent_color: None,
+        avatar: None,
+        avatar_decoration: None,
+        avatar_decoration_data: None,
+        banner: None,
+        bot,
+        discriminator: 0,
+        email: None,
+        flags: None,
+        global_name: None,
+        id: Id::new(id),
+        locale: None,
+        mfa_enabled: None,
+        name: name.to_owned(),
+        premium_type: None,
+        primary_guild: None,
+        public_flags: None,
+        system: None,
+        verified: None,
+    }
+}
+
+fn current_user() -> CurrentUser {
+    CurrentUser {
+        accent_color: None,
+        avatar: None,
+        banner: None,
+        bot: true,
+        discriminator: 0,
+        email: None,
+        flags: None,
+        global_name: None,
+        id: Id::new(BOT_USER_ID),
+        locale: None,
+        mfa_enabled: false,
+        name: "lattice".into(),
+        premium_type: None,
+        public_flags: None,
+        verified: Some(true),
+    }
+}
+
+#[allow(deprecated)] // `interaction` must still be set while the field exists
+fn message(
+    world: &World,
+    id: u64,
+    channel: u64,
+    author: User,
+    content: String,
+    reply_to: Option<u64>,
+) -> Message {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    Message {
+        activity: None,
+        application: None,
+        application_id: None,
+        attachments: Vec::new(),
+        author,
+        call: None,
+        channel_id: Id::new(channel),
+        components: Vec::new(),
+        content,
+        edited_timestamp: None,
+        embeds: Vec::new(),
+        flags: Some(MessageFlags::empty()),
+        guild_id: Some(Id::new(world.guild_id)),
+        id: Id::new(id),
+        interaction: None,
+        interaction_metadata: None,
+        kind: if reply_to.is_some() { MessageType::Reply } else { MessageType::Regular },
+        member: None,
+        mention_channels: Vec::new(),
+        mention_everyone: false,
+        mention_roles: Vec::new(),
+        mentions: Vec::new(),
+        message_snapshots: Vec::new(),
+        pinned: false,
+        poll: None,
+        reactions: Vec::new(),
+        reference: reply_to.map(|m| MessageReference {
+            channel_id: Some(Id::new(channel)),
+            guild_id: Some(Id::new(world.guild_id)),
+            kind: MessageReferenceType::Default,
+            message_id: Some(Id::new(m)),
+            fail_if_not_exists: None,
+        }),
+        referenced_message: None,
+        role_subscription_data: None,
+        sticker_items: Vec::new(),
+        timestamp: Timestamp::from_secs(secs).expect("current time is a valid timestamp"),
+        thread: None,
+        tts: false,
+        webhook_id: None,
+    }
+}
+
+// ---- REST ----
+
+async fn gateway_info(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Json<Value> {
+    let _ = s;
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8090");
+    Json(json!({
+        "url": format!("ws://{host}"),
+        "shards": 1,
+        "session_start_limit": { "total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1 }
+    }))
+}
+
+async fn current_user_route(headers: HeaderMap) -> Response {
+    if !authorized(&headers) {
+        return discord_error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
+    }
+    Json(current_user()).into_response()
+}
+
+#[derive(Deserialize)]
+struct CreateMessageBody {
+    content: Option<String>,
+    message_reference: Option<ReferenceBody>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceBody {
+    message_id: Option<Id<twilight_model::id::marker::MessageMarker>>,
+}
+
+async fn create_message(
+    State(s): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&headers) {
+        return discord_error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
+    }
+    let Ok(body) = serde_json::from_slice::<CreateMessageBody>(&body) else {
+        return discord_error(StatusCode::BAD_REQUEST, 50109, "The request body contains invalid JSON.");
+    };
+    let content = body.content.unwrap_or_default();
+    if content.is_empty() {
+        return discord_error(StatusCode::BAD_REQUEST, 50006, "Cannot send an empty message");
+    }
+    if content.chars().count() > 2000 {
+        return discord_error(
+            StatusCode::BAD_REQUEST,
+            50035,
+            "Invalid Form Body: content: Must be 2000 or fewer in length.",
+        );
+    }
+    let reply_to = body.message_reference.and_then(|r| r.message_id).map(|m| m.get());
+    let world = s.world.clone();
+    let msg = s.update(|i| {
+        let id = i.snowflake();
+        let msg = message(&world, id, channel, user(BOT_USER_ID, "lattice", true), content.clone(), reply_to);
+        let seq = i.posted.len() as u64 + 1;
+        i.posted.push(Posted {
+            seq,
+            id: id.to_string(),
+            channel_id: channel.to_string(),
+            content,
+            reply_to: reply_to.map(|r| r.to_string()),
+            dream: channel == world.dream_channel_id,
+        });
+        // Discord echoes the bot's own messages on the gateway too.
+        i.events.push(("MESSAGE_CREATE", serde_json::to_value(&msg).expect("message serializes")));
+        msg
+    });
+    Json(msg).into_response()
+}
+
+// ---- gateway ----
+
+async fn gateway(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8090").to_owned();
+    ws.on_upgrade(move |socket| async move {
+        s.update(|i| i.connections += 1);
+        let _ = connection(&s, socket, format!("ws://{host}")).await;
+        s.update(|i| i.connections -= 1);
+    })
+}
+
+fn frame(op: u8, d: Value, s: Option<u64>, t: Option<&str>) -> WsMessage {
+    WsMessage::Text(json!({ "op": op, "d": d, "s": s, "t": t }).to_string().into())
+}
+
+/// One gateway connection; returns when the client leaves or the control API drops it.
+async fn connection(s: &Shared, mut socket: WebSocket, resume_url: String) -> Result<(), axum::Error> {
+    let mut changed = s.changed.subscribe();
+    let (drops_at_start, reconnects_at_start) = s.read(|i| (i.drops, i.reconnects));
+    socket
+        .send(frame(10, json!({ "heartbeat_interval": s.world.heartbeat_interval_ms }), None, None))
+        .await?;
+    // (session id, events index at READY, next events index to send)
+    let mut session: Option<(String, usize, usize)> = None;
+    let mut asked_reconnect = false;
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let text = match incoming {
+                    Some(Ok(WsMessage::Text(t))) => t.to_string(),
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(payload) = serde_json::from_str::<Value>(&text) else {
+                    socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: 4002, reason: "Error while decoding payload.".into() }))).await?;
+                    return Ok(());
+                };
+                match payload["op"].as_u64() {
+                    Some(1) => socket.send(frame(11, Value::Null, None, None)).await?,
+                    Some(2) => {
+                        let token_ok = payload["d"]["token"].as_str().is_some_and(|t| !t.trim().is_empty());
+                        if !token_ok {
+                            socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: 4004, reason: "Authentication failed.".into() }))).await?;
+                            return Ok(());
+                        }
+                        let (id, base) = s.update(|i| {
+                            i.identifies += 1;
+                            let id = format!("standin-{:x}", i.snowflake());
+                            let base = i.events.len();
+                            i.sessions.insert(id.clone(), base);
+                            (id, base)
+                        });
+                        let ready = Ready {
+                            application: PartialApplication { flags: ApplicationFlags::empty(), id: Id::new(BOT_USER_ID) },
+                            guilds: vec![UnavailableGuild { id: Id::new(s.world.guild_id), unavailable: true }],
+                            resume_gateway_url: resume_url.clone(),
+                            session_id: id.clone(),
+                            shard: Some(ShardId::ONE),
+                            user: current_user(),
+                            version: 10,
+                        };
+                        socket.send(frame(0, serde_json::to_value(&ready).expect("ready serializes"), Some(1), Some("READY"))).await?;
+                        session = Some((id, base, base));
+                    }
+                    Some(6) => {
+                        let id = payload["d"]["session_id"].as_str().unwrap_or_default().to_owned();
+                        let seq = payload["d"]["seq"].as_u64().unwrap_or(0);
+                        match s.read(|i| i.sessions.get(&id).copied()) {
+                            Some(base) => {
+                                s.update(|i| i.resumes += 1);
+                                // Event index `base + k` carries sequence `k + 2` (READY was 1).
+                                let next = (base + seq.saturating_sub(1) as usize).max(base);
+                                let mut st = (id, base, next);
+                                send_pending(s, &mut socket, &mut st).await?;
+                                let last_seq = (st.2 - st.1) as u64 + 1;
+                                socket.send(frame(0, json!({}), Some(last_seq), Some("RESUMED"))).await?;
+                                session = Some(st);
+                            }
+                            None => socket.send(frame(9, Value::Bool(false), None, None)).await?,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            res = changed.changed() => {
+                if res.is_err() {
+                    return Ok(());
+                }
+                let (drops, reconnects) = s.read(|i| (i.drops, i.reconnects));
+                if drops != drops_at_start {
+                    // Abrupt loss: no close frame.
+                    return Ok(());
+                }
+                if reconnects != reconnects_at_start && !asked_reconnect {
+                    asked_reconnect = true;
+                    socket.send(frame(7, Value::Null, None, None)).await?;
+                }
+                if let Some(st) = session.as_mut() {
+                    send_pending(s, &mut socket, st).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn send_pending(
+    s: &Shared,
+    socket: &mut WebSocket,
+    st: &mut (String, usize, usize),
+) -> Result<(), axum::Error> {
+    let pending: Vec<(&'static str, Value)> =
+        s.read(|i| i.events.get(st.2..).map(<[_]>::to_vec).unwrap_or_default());
+    for (t, d) in pending {
+        let seq = (st.2 - st.1) as u64 + 2;
+        socket.send(frame(0, d, Some(seq), Some(t))).await?;
+        st.2 += 1;
+    }
+    Ok(())
+}
+
+// ---- control API ----
+
+async fn info(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "guild_id": s.world.guild_id.to_string(),
+        "main_channel_id": s.world.main_channel_id.to_string(),
+        "dream_channel_id": s.world.dream_channel_id.to_string(),
+        "bot_user_id": BOT_USER_ID.to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PostBody {
+    content: String,
+    channel_id: Option<String>,
+    author: Option<String>,
+    repeat: Option<u32>,
+}
+
+async fn control_post(State(s): State<Arc<Shared>>, Json(body): Json<PostBody>) -> Response {
+    let channel = match body.channel_id.as_deref().map(str::parse::<u64>) {
+        None => s.world.main_channel_id,
+        Some(Ok(c)) if c > 0 => c,
+        Some(_) => return (StatusCode::BAD_REQUEST, "channel_id must be a positive integer").into_response(),
+    };
+    if body.content.trim().is_empty() {
+        return (StatusCode::BAD_REQUEST, "content must not be empty").into_response();
+    }
+    let author = body.author.unwrap_or_else(|| "tester".into());
+    let world = s.world.clone();
+    let id = s.update(|i| {
+        let next = 100_000_000_000_000_100 + i.users.len() as u64;
+        let uid = *i.users.entry(author.clone()).or_insert(next);
+        let id = i.snowflake();
+        let msg = message(&world, id, channel, user(uid, &author, false), body.content, None);
+        let value = serde_json::to_value(&msg).expect("message serializes");
+        for _ in 0..body.repeat.unwrap_or(1).clamp(1, 10) {
+            i.events.push(("MESSAGE_CREATE", value.clone()));
+        }
+        id
+    });
+    Json(json!({ "id": id.to_string() })).into_response()
+}
+
+#[derive(Deserialize)]
+struct PostedQuery {
+    after: Option<u64>,
+    wait: Option<u64>,
+}
+
+async fn control_posted(State(s): State<Arc<Shared>>, Query(q): Query<PostedQuery>) -> Json<Value> {
+    let after = q.after.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let mut changed = s.changed.subscribe();
+    loop {
+        let new: Vec<Posted> = s.read(|i| i.posted.iter().filter(|p| p.seq > after).cloned().collect());
+        if !new.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next = new.last().map(|p| p.seq).unwrap_or(after);
+            return Json(json!({ "messages": new, "next": next }));
+        }
+        let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+    }
+}
+
+async fn control_drop(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let n = s.update(|i| {
+        i.drops += 1;
+        i.connections
+    });
+    Json(json!({ "dropped": n }))
+}
+
+async fn control_reconnect(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let n = s.update(|i| {
+        i.reconnects += 1;
+        i.connections
+    });
+    Json(json!({ "asked": n }))
+}
+
+async fn control_state(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(s.read(|i| {
+        json!({
+            "connections": i.connections,
+            "identifies": i.identifies,
+            "resumes": i.resumes,
+            "posted": i.posted.len(),
+            "events": i.events.len(),
+        })
+    }))
+}
