@@ -1,12 +1,33 @@
 //! NAME
-//!     cargo xtask logs
+//!     cargo xtask logs — the bot's logs.
+//!
+//! SYNOPSIS
+//!     cargo xtask logs [--server] [--follow] [--tail N]
+//!
+//! DESCRIPTION
+//!     The dev stack's logs, or with `--server` the current release's containers on the server.
 
 use anyhow::{bail, Result};
 
-use crate::{flags, plan::Plan, project::Project};
+use crate::{compose::Stack, deploy::current, flags, plan::Plan, project::Project, server::Server};
 
 impl flags::Logs {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask logs` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let tail = self.tail.to_string();
+        let mut args = vec!["logs", "--no-color", "--tail", &tail];
+        if self.follow {
+            args.push("--follow");
+        }
+        if !self.server {
+            return plan.run(Stack::dev(project).cmd(plan.sh()).args(&args));
+        }
+        let mut problems = Vec::new();
+        let mut server = Server::prepare(plan, project, &mut problems)?;
+        if !problems.is_empty() && !plan.is_dry_run() {
+            bail!("{}", problems.join("\n"));
+        }
+        server.connect()?;
+        let Some(sha) = current(&server)? else { bail!("nothing is deployed on the server yet") };
+        server.run(&server.layout.compose(&sha, &args))
     }
 }

@@ -1,12 +1,210 @@
 //! NAME
-//!     cargo xtask rollback
+//!     cargo xtask rollback — switch the server back to an earlier release.
+//!
+//! SYNOPSIS
+//!     cargo xtask rollback [--sha <sha>] [--force] [--lock-wait SECS] [--dry-run]
+//!
+//! DESCRIPTION
+//!     The target is `--sha` (a release still on the server; a unique prefix is enough) or, by
+//!     default, the newest release in `deploys.log` that ran healthily and is not the current one.
+//!     Nothing is built; the image is pulled only when the server no longer has it. The target runs
+//!     with its own compose files. Schema-aware: when the database has migrations newer than the
+//!     target image knows (label `lattice.schema.head`), the rollback is refused unless each of
+//!     them is declared backward-compatible by the current image (label
+//!     `lattice.schema.backward-compatible`) or `--force` is given.
 
-use anyhow::{bail, Result};
+use std::time::Instant;
 
-use crate::{flags, plan::Plan, project::Project};
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    deploy::{current, switch_to, Sha},
+    flags,
+    history::{self, Action},
+    plan::Plan,
+    project::Project,
+    server::{shell_quote, who, Layout, Server, HISTORY},
+};
+
+pub const LABEL_HEAD: &str = "lattice.schema.head";
+pub const LABEL_COMPATIBLE: &str = "lattice.schema.backward-compatible";
 
 impl flags::Rollback {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask rollback` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let started = Instant::now();
+        let mut problems = Vec::new();
+        if let Some(sha) = &self.sha {
+            if let Err(e) = Sha::parse(sha) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        let mut server = Server::prepare(plan, project, &mut problems)?;
+        if !problems.is_empty() && !plan.is_dry_run() {
+            bail!("nothing on the server was touched:\n  - {}", problems.join("\n  - "));
+        }
+        server.connect()?;
+        let holder = format!("{} rollback {}", who(&project.env), self.sha.as_deref().unwrap_or("previous"));
+        let _lock = server.lock(&holder, self.lock_wait)?;
+        let now = current(&server)?;
+        let log = server.read(&format!("cat {HISTORY} 2>/dev/null || true"))?;
+        let listed = server.read("ls -1 releases 2>/dev/null || true")?;
+        let target = if plan.is_dry_run() {
+            self.sha.clone().unwrap_or_else(|| "<previous good release>".into())
+        } else {
+            let releases: Vec<&str> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let lines = history::parse(&log);
+            pick_target(self.sha.as_deref(), now.as_deref(), &lines, &releases)?
+        };
+        if now.as_deref() == Some(target.as_str()) {
+            println!("{target} is already the current release; nothing to do");
+            return Ok(());
+        }
+        let layout = server.layout.clone();
+        plan.note(&format!("roll back to {target}: its own compose files; pull only if its image is gone"));
+        let image = shell_quote(&layout.image(&target));
+        server
+            .run(&format!(
+                "docker image inspect {image} >/dev/null 2>&1 || {}",
+                layout.compose(&target, &["pull", "--policy", "missing", "--quiet", "bot"])
+            ))
+            .with_context(|| format!("the image of {target} is not on the server and could not be pulled"))?;
+        if let Some(now) = now.as_deref() {
+            schema_check(&server, &layout, &target, now, self.force)?;
+        }
+        switch_to(&server, project, &target, now.as_deref(), Action::Rollback, started)
+            .with_context(|| format!("rollback to {target}"))?;
+        if !plan.is_dry_run() {
+            println!("rolled back to {target}: healthy after {} s", started.elapsed().as_secs());
+        }
+        Ok(())
+    }
+}
+
+/// The release to go back to: `--sha` (a unique prefix of a release on the server), or the newest
+/// good one in the history other than `current`.
+fn pick_target(
+    sha: Option<&str>,
+    current: Option<&str>,
+    lines: &[history::Line],
+    releases: &[&str],
+) -> Result<String> {
+    let known = || {
+        if releases.is_empty() {
+            "none".to_string()
+        } else {
+            releases.join(", ")
+        }
+    };
+    match sha {
+        Some(sha) => {
+            let matches: Vec<&&str> = releases.iter().filter(|r| r.starts_with(sha)).collect();
+            match matches.as_slice() {
+                [one] => Ok(one.to_string()),
+                [] => bail!(
+                    "{sha} is not a release on the server (it keeps: {}). Deploy it instead: `cargo xtask deploy --sha {sha}`",
+                    known()
+                ),
+                _ => bail!("{sha} matches several releases on the server; give more digits"),
+            }
+        }
+        None => {
+            let Some(target) = history::previous_good(lines, current.unwrap_or("")) else {
+                bail!(
+                    "the history has no earlier good release to go back to; pick one with --sha (the server keeps: {})",
+                    known()
+                );
+            };
+            if !releases.contains(&target) {
+                bail!("the previous good release {target} was pruned from the server; pick one with --sha (it keeps: {})", known());
+            }
+            Ok(target.to_string())
+        }
+    }
+}
+
+/// Numbers in a label value such as `3,4` or `[3, 4]`.
+fn versions(text: &str) -> Vec<i64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Refuses a rollback whose image is older than the database schema, unless every newer applied
+/// migration is declared backward-compatible by the current image, or `force`.
+fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, force: bool) -> Result<()> {
+    let label = |sha: &str, name: &str| {
+        server.read(&format!(
+            "docker image inspect --format {} {}",
+            shell_quote(&format!("{{{{index .Config.Labels \"{name}\"}}}}")),
+            shell_quote(&layout.image(sha))
+        ))
+    };
+    let head = label(target, LABEL_HEAD)?;
+    let compatible = label(current, LABEL_COMPATIBLE)?;
+    let query =
+        "psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc 'select version from _sqlx_migrations where success order by version'";
+    let applied =
+        server.read(&layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query]))?;
+    if server.plan().is_dry_run() {
+        return Ok(());
+    }
+    let Some(head) = versions(&head).first().copied() else {
+        if force {
+            eprintln!("warning: {target}'s image has no {LABEL_HEAD} label; rolling back without a schema check (--force)");
+            return Ok(());
+        }
+        bail!("{target}'s image has no {LABEL_HEAD} label, so its schema cannot be checked; pass --force to roll back anyway");
+    };
+    let compatible = versions(&compatible);
+    let newer: Vec<i64> = versions(&applied).into_iter().filter(|v| *v > head).collect();
+    let blocking: Vec<String> =
+        newer.iter().filter(|v| !compatible.contains(v)).map(|v| v.to_string()).collect();
+    if blocking.is_empty() {
+        return Ok(());
+    }
+    if force {
+        eprintln!(
+            "warning: rolling back to {target} (schema {head}) although the database has migrations {} it does not know \
+             and that are not declared backward-compatible (--force)",
+            blocking.join(", ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to roll back to {target}: its image knows the schema up to migration {head}, but the database has \
+         migrations {} applied that are not declared backward-compatible (a `-- lattice: backward-compatible` line in \
+         the migration file). The old code may misbehave on the new schema. Deploy a fix forward, or pass --force if \
+         you know the old code copes.",
+        blocking.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_list_their_versions() {
+        assert_eq!(versions("[3, 4]"), vec![3, 4]);
+        assert_eq!(versions("20240101000000,20240202000000"), vec![20240101000000, 20240202000000]);
+        assert!(versions("").is_empty());
+    }
+
+    #[test]
+    fn the_default_target_is_the_previous_good_release_and_an_unknown_sha_is_refused() {
+        let log =
+            "t deploy aaa1111 - ok 1s x\nt deploy bbb2222 - ok 1s x\nt deploy ccc3333 - unhealthy 1s x\n";
+        let lines = history::parse(log);
+        let releases = ["aaa1111", "bbb2222", "ccc3333"];
+        assert_eq!(pick_target(None, Some("bbb2222"), &lines, &releases).unwrap(), "aaa1111");
+        assert_eq!(pick_target(Some("bbb"), Some("aaa1111"), &lines, &releases).unwrap(), "bbb2222");
+        let err = pick_target(Some("ddd4444"), Some("aaa1111"), &lines, &releases).unwrap_err().to_string();
+        assert!(err.contains("not a release on the server") && err.contains("aaa1111, bbb2222"), "{err}");
+        let err =
+            pick_target(None, Some("aaa1111"), &history::parse("t deploy aaa1111 - ok 1s x\n"), &releases)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("--sha"), "{err}");
     }
 }

@@ -1,12 +1,139 @@
 //! NAME
-//!     cargo xtask secrets
+//!     cargo xtask secrets — write the app's `.env` on the server.
+//!
+//! SYNOPSIS
+//!     cargo xtask secrets [--overwrite] [--dry-run]
+//!
+//! DESCRIPTION
+//!     Takes the app variables (DISCORD_*, OPENROUTER_*, POSTGRES_*, and the optional ones that are
+//!     set) from the local environment or CI secrets and sends them over ssh stdin — never argv —
+//!     into `<deploy_path>/.env`, mode 0600, replaced atomically. Names already set on the server
+//!     keep their values unless `--overwrite`. A fresh server needs only Docker and an ssh user.
 
 use anyhow::{bail, Result};
 
-use crate::{flags, plan::Plan, project::Project};
+use crate::{
+    env::{Env, APP_VARS, OPTIONAL_APP_VARS},
+    flags,
+    plan::Plan,
+    project::Project,
+    server::{shell_quote, Server},
+};
 
 impl flags::Secrets {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask secrets` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let mut problems = Vec::new();
+        let missing = project.env.missing(APP_VARS);
+        if !missing.is_empty() {
+            problems.push(format!(
+                "missing environment variables: {} (set them in the environment, as CI secrets, or in .env)",
+                missing.join(", ")
+            ));
+        }
+        let mut server = Server::prepare(plan, project, &mut problems)?;
+        let content = match dotenv(&project.env) {
+            Ok(content) => content,
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                String::new()
+            }
+        };
+        if !problems.is_empty() {
+            let list = problems.join("\n  - ");
+            if !plan.is_dry_run() {
+                bail!("nothing on the server was touched:\n  - {list}");
+            }
+            plan.note(&format!("would fail:\n  - {list}"));
+        }
+        server.connect()?;
+        let root = shell_quote(&server.layout.root);
+        // Keep: every old line whose name is not sent (all of them without --overwrite), then the
+        // new lines for names the old file lacks (or all of them with --overwrite).
+        let merge = if self.overwrite {
+            "awk -F= 'NR==FNR { sent[$1]=1; next } !($1 in sent)' .env.incoming .env > .env.new; cat .env.incoming >> .env.new"
+        } else {
+            "cat .env > .env.new; awk -F= 'NR==FNR { had[$1]=1; next } !($1 in had)' .env .env.incoming >> .env.new"
+        };
+        let script = format!(
+            "umask 077 && mkdir -p {root} && cd {root} && touch .env && cat > .env.incoming && {{ {merge}; }} && \
+             chmod 600 .env.new && mv .env.new .env && rm -f .env.incoming"
+        );
+        plan.run(server_cmd(&server, &script, content))?;
+        let names: Vec<&str> = APP_VARS
+            .iter()
+            .chain(OPTIONAL_APP_VARS)
+            .copied()
+            .filter(|n| project.env.get(n).is_some())
+            .collect();
+        if !plan.is_dry_run() {
+            let kept = if self.overwrite {
+                "replaced"
+            } else {
+                "added where unset (existing values kept; --overwrite replaces)"
+            };
+            println!("server .env: {} {kept}", names.join(", "));
+        }
+        Ok(())
+    }
+}
+
+fn server_cmd<'a>(server: &Server<'_, 'a>, script: &str, content: String) -> xshell::Cmd<'a> {
+    server.home_cmd(script).stdin(content)
+}
+
+/// The `.env` text for the server: `NAME=value` lines in a form both Compose and a shell read
+/// the same way.
+fn dotenv(env: &Env) -> Result<String> {
+    let mut out = String::new();
+    for name in APP_VARS.iter().chain(OPTIONAL_APP_VARS) {
+        let Some(value) = env.get(name) else { continue };
+        if value.contains(['\n', '\r']) {
+            bail!("{name} contains a line break, which a .env file cannot hold (the value is not shown)");
+        }
+        let plain = value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@,+%=".contains(c));
+        if plain {
+            out.push_str(&format!("{name}={value}\n"));
+        } else if !value.contains('\'') {
+            out.push_str(&format!("{name}='{value}'\n"));
+        } else {
+            bail!("{name} contains a single quote and other special characters; .env cannot hold it unambiguously");
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::parse_dotenv;
+
+    #[test]
+    fn values_round_trip_through_the_dotenv_reader() {
+        let env = Env::from_pairs([
+            ("DISCORD_TOKEN", "MTA.abc-def_ghi"),
+            ("POSTGRES_PASSWORD", "p@ss word#1$x"),
+            ("LLM_PROVIDER", "placeholder"),
+            ("UNRELATED", "x"),
+        ]);
+        let text = dotenv(&env).unwrap();
+        let vars = parse_dotenv(&text).unwrap();
+        assert_eq!(vars["DISCORD_TOKEN"], "MTA.abc-def_ghi");
+        assert_eq!(vars["POSTGRES_PASSWORD"], "p@ss word#1$x");
+        assert_eq!(vars["LLM_PROVIDER"], "placeholder");
+        assert!(!vars.contains_key("UNRELATED"));
+    }
+
+    #[test]
+    fn secrets_travel_on_stdin_never_in_the_plan() {
+        let sh = xshell::Shell::new().unwrap();
+        let plan = Plan::new(&sh, true);
+        let mut project = crate::deploy::tests::fake_project(&[]);
+        for name in APP_VARS {
+            project.env = project.env.clone().with(name, &format!("value-of-{name}"));
+        }
+        flags::Secrets { overwrite: false }.run(&plan, &project).unwrap();
+        let text = plan.steps().join("\n");
+        assert!(text.contains("umask 077") && text.contains("mv .env.new .env"), "{text}");
+        assert!(!text.contains("value-of-"), "{text}");
     }
 }

@@ -1,12 +1,78 @@
 //! NAME
-//!     cargo xtask status
+//!     cargo xtask status — what the server runs.
+//!
+//! SYNOPSIS
+//!     cargo xtask status [--history N]
+//!
+//! DESCRIPTION
+//!     The current release's sha, its image digest, since when it runs, the health of each
+//!     container, the last N lines of `deploys.log`, and who holds the deploy lock, if anyone.
+//!     Reads only; takes no lock.
 
 use anyhow::{bail, Result};
 
-use crate::{flags, plan::Plan, project::Project};
+use crate::{
+    deploy::current,
+    flags, history,
+    plan::Plan,
+    project::Project,
+    server::{Server, HISTORY},
+};
 
 impl flags::Status {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask status` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut server = Server::prepare(plan, project, &mut problems)?;
+        if !problems.is_empty() && !plan.is_dry_run() {
+            bail!("{}", problems.join("\n"));
+        }
+        server.connect()?;
+        let now = current(&server)?;
+        let log = server.read(&format!("cat {HISTORY} 2>/dev/null || true"))?;
+        let holder = server.lock_holder()?;
+        let (digest, health) = match &now {
+            Some(sha) => {
+                let layout = &server.layout;
+                let digest = server.read(&layout.digest(sha))?;
+                let health = server.read(&layout.compose(
+                    sha,
+                    &["ps", "--all", "--format", "{{.Service}}\t{{.State}}\t{{.Health}}\t{{.Image}}"],
+                ))?;
+                (digest, health)
+            }
+            None => ("-".into(), String::new()),
+        };
+        if plan.is_dry_run() {
+            return Ok(());
+        }
+        let lines = history::parse(&log);
+        let Some(sha) = now else {
+            println!("current:  nothing deployed yet on {}@{}", server.target.user, server.target.host);
+            print_history(&lines, self.history);
+            return Ok(());
+        };
+        println!("current:  {sha}");
+        println!("image:    {digest}");
+        println!("since:    {}", history::since(&lines, &sha).unwrap_or("unknown"));
+        println!("health:");
+        for row in health.lines().filter(|l| !l.trim().is_empty()) {
+            let cols: Vec<&str> = row.split('\t').collect();
+            let (service, state, health) = (cols[0], cols.get(1).unwrap_or(&""), cols.get(2).unwrap_or(&""));
+            let health = if health.is_empty() { "no healthcheck" } else { health };
+            println!("  {service:<10} {state:<10} {health}");
+        }
+        println!("lock:     {}", holder.as_deref().map(str::trim).unwrap_or("free"));
+        print_history(&lines, self.history);
+        Ok(())
+    }
+}
+
+fn print_history(lines: &[history::Line], n: usize) {
+    println!("history (newest last):");
+    if lines.is_empty() {
+        println!("  (empty)");
+    }
+    for line in &lines[lines.len().saturating_sub(n)..] {
+        println!("  {line}");
     }
 }
