@@ -22,8 +22,17 @@ pub const APP_VARS: &[&str] = &[
 ];
 
 /// Optional app settings passed through to the server's `.env` when set.
-pub const OPTIONAL_APP_VARS: &[&str] =
-    &["LLM_PROVIDER", "OPENROUTER_MODEL", "OPENROUTER_BASE_URL", "CONTEXT_MESSAGES", "RUST_LOG"];
+pub const OPTIONAL_APP_VARS: &[&str] = &[
+    "LLM_PROVIDER",
+    "OPENROUTER_MODEL",
+    "OPENROUTER_BASE_URL",
+    "CONTEXT_MESSAGES",
+    "RUST_LOG",
+    // Where the server's compose finds Postgres, and Discord (a stand-in, in tests).
+    "POSTGRES_IMAGE",
+    "DISCORD_API_URL",
+    "DISCORD_GATEWAY_URL",
+];
 
 /// What `cargo xtask` needs to reach the server.
 pub const SSH_VARS: &[&str] = &["SSH_HOST", "SSH_USER", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"];
@@ -51,6 +60,13 @@ impl Env {
 
     pub fn from_pairs<const N: usize>(pairs: [(&str, &str); N]) -> Env {
         Env { vars: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    /// This environment with one more variable (tests and tasks that add a value they computed).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn with(mut self, key: &str, value: &str) -> Env {
+        self.vars.insert(key.to_string(), value.to_string());
+        self
     }
 
     /// A set, non-empty value.

@@ -10,6 +10,7 @@ mod dev;
 mod doctor;
 mod env;
 mod flags;
+mod history;
 mod image;
 mod logs;
 mod migrate;
@@ -18,6 +19,7 @@ mod project;
 mod release;
 mod rollback;
 mod secrets;
+mod server;
 mod settings;
 mod status;
 
