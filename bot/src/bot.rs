@@ -150,7 +150,9 @@ async fn gateway_loop(ctx: Arc<Ctx>, mut shard: Shard, shutdown: impl Future<Out
     health.set_gateway(GatewayState::ShuttingDown);
     shard.close(CloseFrame::RESUME);
     // Let the shard send the close frame; a resumable close keeps the session valid for a successor.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    // The shard reconnects by itself once the socket is gone, but only after a 1 s back-off, so
+    // polling for half a second flushes the close without starting a new connection.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Some(ev) = shard.next_event(EventTypeFlags::empty()).await {
             if matches!(ev, Ok(Event::GatewayClose(_))) {
                 break;

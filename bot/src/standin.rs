@@ -380,7 +380,12 @@ async fn connection(s: &Shared, mut socket: WebSocket, resume_url: String) -> Re
             incoming = socket.recv() => {
                 let text = match incoming {
                     Some(Ok(WsMessage::Text(t))) => t.to_string(),
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        // Answer the close handshake, as Discord does, so the client sees a clean close.
+                        let _ = socket.send(WsMessage::Close(frame)).await;
+                        return Ok(());
+                    }
+                    None | Some(Err(_)) => return Ok(()),
                     Some(Ok(_)) => continue,
                 };
                 let Ok(payload) = serde_json::from_str::<Value>(&text) else {
