@@ -219,6 +219,14 @@ fn login_on_server(server: &Server, project: &Project) -> Result<()> {
 /// Refuses to go on when the server's `.env` lacks an app variable (checked by name; values never
 /// leave the server).
 pub fn check_server_env(server: &Server) -> Result<()> {
+    let compose = server.read_at_home("docker compose version --short 2>/dev/null || echo none")?;
+    if compose.trim() == "none" || compose.trim().starts_with('1') {
+        bail!(
+            "the server has no Docker Compose v2 for user {}: install it there (`apt-get install docker-compose-plugin` \
+             from Docker's apt repository) and make sure the user is in the `docker` group",
+            server.target.user
+        );
+    }
     let hint = "write it with `cargo xtask secrets` (from your environment or CI secrets)";
     match server.env_names()? {
         None => bail!("the server has no {}/.env: {hint}", server.layout.root),
@@ -307,7 +315,8 @@ pub fn switch_to(
                 .compose(sha, &["up", "--detach", "--wait", "--wait-timeout", &timeout, "--remove-orphans"])
         )
     };
-    let healthy = server.check(&up(sha))?;
+    // Any failure here (compose's own wait timing out, a container exiting) counts as unhealthy.
+    let healthy = server.run(&up(sha)).is_ok();
     let record = |action: Action, sha: &str, outcome: Outcome, seconds: u64| -> Result<()> {
         let digest = server.read(&layout.digest(sha))?;
         let entry = Entry { action, sha: sha.into(), digest, outcome, seconds, who: who.clone() };
@@ -328,7 +337,7 @@ pub fn switch_to(
         Some(previous) => {
             plan.note(&format!("{sha} is not healthy: switching back to {previous}"));
             let back_started = Instant::now();
-            if server.check(&up(previous))? {
+            if server.run(&up(previous)).is_ok() {
                 record(Action::SwitchBack, previous, Outcome::Ok, back_started.elapsed().as_secs())?;
                 format!("switched back to {previous}, which serves again")
             } else {

@@ -144,8 +144,17 @@ fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, f
     let compatible = label(current, LABEL_COMPATIBLE)?;
     let query =
         "psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc 'select version from _sqlx_migrations where success order by version'";
-    let applied =
-        server.read(&layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query]))?;
+    let applied = match server.read(&layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query])) {
+        Ok(applied) => applied,
+        Err(_) if force => {
+            eprintln!("warning: cannot read the database's applied migrations; rolling back without a schema check (--force)");
+            return Ok(());
+        }
+        Err(_) => bail!(
+            "cannot read the database's applied migrations (psql's message is above), so the rollback cannot be \
+             checked against the schema; is Postgres running (`cargo xtask status`)? --force skips the check"
+        ),
+    };
     if server.plan().is_dry_run() {
         return Ok(());
     }

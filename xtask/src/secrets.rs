@@ -47,12 +47,13 @@ impl flags::Secrets {
         }
         server.connect()?;
         let root = shell_quote(&server.layout.root);
+        // (Not `NR==FNR`: it is true throughout when the first file is empty.)
         // Keep: every old line whose name is not sent (all of them without --overwrite), then the
         // new lines for names the old file lacks (or all of them with --overwrite).
         let merge = if self.overwrite {
-            "awk -F= 'NR==FNR { sent[$1]=1; next } !($1 in sent)' .env.incoming .env > .env.new; cat .env.incoming >> .env.new"
+            "awk -F= 'FILENAME == \".env.incoming\" { sent[$1]=1; next } !($1 in sent)' .env.incoming .env > .env.new; cat .env.incoming >> .env.new"
         } else {
-            "cat .env > .env.new; awk -F= 'NR==FNR { had[$1]=1; next } !($1 in had)' .env .env.incoming >> .env.new"
+            "cat .env > .env.new; awk -F= 'FILENAME == \".env\" { had[$1]=1; next } !($1 in had)' .env .env.incoming >> .env.new"
         };
         let script = format!(
             "umask 077 && mkdir -p {root} && cd {root} && touch .env && cat > .env.incoming && {{ {merge}; }} && \

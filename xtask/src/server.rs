@@ -430,7 +430,7 @@ pub fn who(env: &Env) -> String {
     let who = if let Some(actor) = env.get("GITHUB_ACTOR") {
         format!("{actor}@github-actions")
     } else {
-        let user = env.get("USER").unwrap_or("unknown");
+        let user = env.get("USER").or(env.get("LOGNAME")).unwrap_or("unknown");
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{user}@{}", host.trim())
     };

@@ -46,6 +46,9 @@ impl Settings {
         if let Some(deploy_path) = env.get("LATTICE_DEPLOY_PATH") {
             settings.deploy_path = deploy_path.to_string();
         }
+        if let Some(compose_project) = env.get("LATTICE_COMPOSE_PROJECT") {
+            settings.compose_project = compose_project.to_string();
+        }
         if let Some(project) = env.get("LATTICE_COMPOSE_PROJECT") {
             settings.compose_project = project.to_string();
         }
