@@ -278,11 +278,6 @@ impl<'p, 'a> Server<'p, 'a> {
         self.plan.read(self.ssh(script))
     }
 
-    /// The remote step's exit status as the answer.
-    pub fn check(&self, script: &str) -> Result<bool> {
-        self.plan.check(self.ssh(&self.layout.within(script)))
-    }
-
     /// Names (never values) of the variables set in the server's `.env`; `None` when it has none.
     pub fn env_names(&self) -> Result<Option<Vec<String>>> {
         let root = shell_quote(&self.layout.root);
