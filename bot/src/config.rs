@@ -166,12 +166,13 @@ impl DbConfig {
 
 fn read_db(r: &mut Reader<'_>) -> Option<DbConfig> {
     if let Some(url) = r.env.get("DATABASE_URL") {
+        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
         return match url.parse::<PgConnectOptions>() {
-            Ok(options) => {
+            Ok(options) if scheme_ok => {
                 let display = format!("{}:{}", options.get_host(), options.get_port());
                 Some(DbConfig { options, display })
             }
-            Err(_) => {
+            _ => {
                 r.invalid("DATABASE_URL", "not a valid postgres:// URL (value not shown)");
                 None
             }
