@@ -136,10 +136,11 @@ async fn a_duplicated_message_create_is_answered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_errors_are_audited_and_the_bot_keeps_serving() {
-    let s = Stack::start().await;
+    let s = Stack::start_with(&[("LLM_TIMEOUT_SECS", "2")]).await;
     for (trigger, expected) in [
         ("ERROR200", "error=\"502: upstream provider overloaded\""),
         ("ERROR500", "error=\"HTTP 500: internal error\""),
+        ("SLOW", "error=\"timeout waiting for the LLM\""),
     ] {
         let id = s.discord.say(&format!("please {trigger}"), 1).await;
         let (replies, audit) = s.discord.answered(&id).await;
@@ -153,13 +154,16 @@ async fn llm_errors_are_audited_and_the_bot_keeps_serving() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(errors, vec!["502: upstream provider overloaded", "HTTP 500: internal error"]);
+    assert_eq!(
+        errors,
+        vec!["502: upstream provider overloaded", "HTTP 500: internal error", "timeout waiting for the LLM"]
+    );
 
     // Still alive and answering.
     let id = s.discord.say("are you ok?", 1).await;
     let (replies, _) = s.discord.answered(&id).await;
     assert_eq!(replies[0].content, "echo: ada: are you ok?");
-    assert_eq!(s.bot.metric("lattice_llm_requests_total{result=\"error\"}").await, 2.0);
+    assert_eq!(s.bot.metric("lattice_llm_requests_total{result=\"error\"}").await, 3.0);
     s.bot.assert_no_secrets();
 }
 

@@ -412,12 +412,17 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra (or overriding) environment variables for the bot.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
         let pg = Postgres::start().await;
         let out = pg.migrate();
         assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
         let discord = Discord::start().await;
         let (llm, llm_url) = FakeLlm::start().await;
-        let bot = Bot::spawn(&pg, &discord, &llm_url, &[]);
+        let bot = Bot::spawn(&pg, &discord, &llm_url, extra);
         bot.wait_healthy().await;
         Stack { bot, discord, llm, llm_url, pg }
     }
