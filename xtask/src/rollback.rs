@@ -130,6 +130,12 @@ fn versions(text: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The applied migrations newer than `head` that the current image does not declare
+/// backward-compatible: each one makes a rollback to `head` unsafe.
+fn blocking_migrations(head: i64, compatible: &[i64], applied: &[i64]) -> Vec<i64> {
+    applied.iter().copied().filter(|v| *v > head && !compatible.contains(v)).collect()
+}
+
 /// Refuses a rollback whose image is older than the database schema, unless every newer applied
 /// migration is declared backward-compatible by the current image, or `force`.
 fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, force: bool) -> Result<()> {
@@ -165,10 +171,10 @@ fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, f
         }
         bail!("{target}'s image has no {LABEL_HEAD} label, so its schema cannot be checked; pass --force to roll back anyway");
     };
-    let compatible = versions(&compatible);
-    let newer: Vec<i64> = versions(&applied).into_iter().filter(|v| *v > head).collect();
-    let blocking: Vec<String> =
-        newer.iter().filter(|v| !compatible.contains(v)).map(|v| v.to_string()).collect();
+    let blocking: Vec<String> = blocking_migrations(head, &versions(&compatible), &versions(&applied))
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     if blocking.is_empty() {
         return Ok(());
     }
@@ -192,6 +198,14 @@ fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_newer_migrations_not_declared_compatible_block_a_rollback() {
+        assert!(blocking_migrations(3, &[], &[1, 2, 3]).is_empty(), "same schema");
+        assert!(blocking_migrations(2, &[3], &[1, 2, 3]).is_empty(), "3 is declared backward-compatible");
+        assert_eq!(blocking_migrations(2, &[3], &[1, 2, 3, 4]), vec![4]);
+        assert_eq!(blocking_migrations(1, &[], &[1, 2, 3]), vec![2, 3]);
+    }
 
     #[test]
     fn label_values_list_their_versions() {

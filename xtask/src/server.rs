@@ -253,6 +253,11 @@ impl<'p, 'a> Server<'p, 'a> {
             )
         })?;
         self.connected = true;
+        // Every later step rides on the shared connection, so the key file is not needed again:
+        // removing it now means not even a `kill -9` of this process can leave it behind.
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(dir.path().join("id"));
+        }
         Ok(())
     }
 
