@@ -14,7 +14,7 @@ use xshell::cmd;
 
 use crate::{
     deploy::{deploy, Sha},
-    flags::{self, ImageAction, ImageOpts},
+    flags,
     plan::Plan,
     project::Project,
     server::Target,
@@ -27,16 +27,16 @@ impl flags::Release {
         if !problems.is_empty() && !plan.is_dry_run() {
             bail!("cannot deploy after the build:\n  - {}", problems.join("\n  - "));
         }
-        let sh = plan.sh();
+        let image = crate::image::push(plan, project, self.allow_dirty)?;
         let sha = if plan.is_dry_run() {
-            // Reading HEAD changes nothing; the plan needs the real sha to be worth reading.
+            // The dry run's plan has placeholders for what it did not run; reading HEAD changes
+            // nothing, and the deploy plan is only worth reading with the real sha.
+            let sh = plan.sh();
             cmd!(sh, "git rev-parse HEAD").quiet().read()?
         } else {
-            plan.read(cmd!(sh, "git rev-parse HEAD"))?
+            image.sha
         };
         let sha = Sha::parse(&sha)?;
-        flags::Image { action: ImageAction::Push(ImageOpts { allow_dirty: self.allow_dirty }) }
-            .run(plan, project)?;
         deploy(plan, project, sha.as_str(), self.lock_wait)
     }
 }
