@@ -139,6 +139,8 @@ pub fn router(world: World) -> Router {
     let shared = Arc::new(Shared { world, inner: Mutex::default(), changed: watch::channel(0).0 });
     Router::new()
         .route("/", get(gateway))
+        // For `lattice-bot healthcheck` with HTTP_PORT set to the stand-in's port.
+        .route("/health", get(|| async { "ok" }))
         .route("/api/v10/gateway", get(gateway_info))
         .route("/api/v10/gateway/bot", get(gateway_info))
         .route("/api/v10/users/@me", get(current_user_route))
