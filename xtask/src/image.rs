@@ -171,7 +171,9 @@ impl Revision {
         let sha = plan.read(cmd!(sh, "git rev-parse HEAD")).context("finding the commit to build")?;
         let status = plan.read(cmd!(sh, "git status --porcelain --untracked-files=all"))?;
         if plan.is_dry_run() {
-            // Placeholders, not git's answers: nothing to validate.
+            // The plan only holds placeholders. Reading HEAD changes nothing and makes the printed
+            // tags real; the status stays unread, so a dry run also shows a dirty tree's plan.
+            let sha = cmd!(sh, "git rev-parse HEAD").quiet().ignore_stderr().read().unwrap_or(sha);
             return Ok(Revision { sha, dirty: Vec::new(), from_work_tree: false });
         }
         if !is_full_sha(&sha) {
