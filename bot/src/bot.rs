@@ -24,6 +24,7 @@ use crate::{
     config::Config,
     db::{self, PromptAudit, StoredMessage},
     http::{GatewayState, Health},
+    leader::{Check, Leadership},
     llm::Llm,
     reply,
 };
@@ -73,8 +74,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     let ctx = Arc::new(Ctx { http: discord_http(&cfg), llm: Llm::new(&cfg)?, health, cfg });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let standby = ctx.health.clone();
+    let leadership = tokio::select! {
+        l = Leadership::acquire(&ctx.cfg.db, move || standby.set_gateway(GatewayState::Standby)) => l,
+        () = &mut shutdown => {
+            tracing::info!("stopped while standing by");
+            return Ok(());
+        }
+    };
+    ctx.health.set_gateway(GatewayState::Connecting);
+    tracing::info!("holding the leader lock; connecting to the gateway");
     let shard = connect_shard(&ctx).await;
-    gateway_loop(ctx, shard, shutdown_signal()).await
+    gateway_loop(ctx, shard, leadership, shutdown).await
 }
 
 async fn connect_shard(ctx: &Ctx) -> Shard {
@@ -98,7 +111,12 @@ async fn connect_shard(ctx: &Ctx) -> Shard {
     Shard::with_config(ShardId::ONE, builder.build())
 }
 
-async fn gateway_loop(ctx: Arc<Ctx>, mut shard: Shard, shutdown: impl Future<Output = ()>) -> Result<()> {
+async fn gateway_loop(
+    ctx: Arc<Ctx>,
+    mut shard: Shard,
+    mut leadership: Leadership,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let wanted = EventTypeFlags::READY
         | EventTypeFlags::RESUMED
         | EventTypeFlags::MESSAGE_CREATE
@@ -106,10 +124,19 @@ async fn gateway_loop(ctx: Arc<Ctx>, mut shard: Shard, shutdown: impl Future<Out
     let health = ctx.health.clone();
     let mut tasks = JoinSet::new();
     let mut sessions = 0u64;
+    let mut lost_lock = false;
+    let mut lock_check = tokio::time::interval(Duration::from_secs(2));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = lock_check.tick() => {
+                if leadership.check().await == Check::Lost {
+                    tracing::error!("another instance took the leader lock; stepping down");
+                    lost_lock = true;
+                    break;
+                }
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             event = shard.next_event(wanted) => match event {
                 None => break,
@@ -179,6 +206,11 @@ async fn gateway_loop(ctx: Arc<Ctx>, mut shard: Shard, shutdown: impl Future<Out
             tracing::warn!(abandoned = tasks.len(), "shutdown bound reached; abandoning in-flight replies");
             tasks.abort_all();
         }
+    }
+    // Last: a standby takes over only once the session is stored.
+    leadership.release().await;
+    if lost_lock {
+        anyhow::bail!("lost the leader lock to another instance; exiting so this one restarts as a standby");
     }
     Ok(())
 }

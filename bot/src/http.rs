@@ -21,6 +21,8 @@ pub enum GatewayState {
     Connected = 1,
     Disconnected = 2,
     ShuttingDown = 3,
+    /// Another instance holds the leader lock; this one waits to take over.
+    Standby = 4,
 }
 
 impl GatewayState {
@@ -30,6 +32,7 @@ impl GatewayState {
             GatewayState::Connected => "connected",
             GatewayState::Disconnected => "disconnected",
             GatewayState::ShuttingDown => "shutting_down",
+            GatewayState::Standby => "standby",
         }
     }
 
@@ -38,6 +41,7 @@ impl GatewayState {
             1 => GatewayState::Connected,
             2 => GatewayState::Disconnected,
             3 => GatewayState::ShuttingDown,
+            4 => GatewayState::Standby,
             _ => GatewayState::Connecting,
         }
     }
@@ -156,7 +160,7 @@ impl Health {
     }
 
     /// `(healthy, body)`: healthy only when Postgres answers with a schema this build can use and
-    /// the gateway session is live.
+    /// the gateway session is live (or this instance stands by, ready to take over).
     pub async fn check(&self) -> (bool, serde_json::Value) {
         let gateway = self.gateway();
         let db = tokio::time::timeout(Duration::from_secs(3), crate::db::schema_version(&self.pool)).await;
@@ -173,7 +177,7 @@ impl Health {
             }
             Some(_) => {}
         }
-        if gateway != GatewayState::Connected {
+        if !matches!(gateway, GatewayState::Connected | GatewayState::Standby) {
             problems.push(format!("gateway {}", gateway.as_str()));
         }
         let healthy = problems.is_empty();

@@ -244,3 +244,38 @@ async fn a_dropped_gateway_connection_resumes_and_replays_missed_events() {
     assert_eq!(state["identifies"], 1, "resumed, not re-identified: {state}");
     s.bot.wait_healthy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_stands_by_and_takes_over_the_session_on_sigterm() {
+    let mut s = Stack::start().await;
+    let standby = Bot::spawn(&s.pg, &s.discord, &s.llm_url, &[]);
+    let health = standby.wait_healthy().await;
+    assert_eq!(health["gateway"], "standby", "{health}");
+
+    // Only the leader answers.
+    let id = s.discord.say("hello, how many of you are there?", 1).await;
+    let (replies, _) = s.discord.answered(&id).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(s.discord.state().await["identifies"], 1);
+
+    // The leader stops; the standby takes the lock and resumes the stored session.
+    let kill = Command::new("kill").args(["-TERM", &s.bot.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = wait_for("the old leader to exit", || {
+        let r = s.bot.child.try_wait().unwrap();
+        async move { r }
+    })
+    .await;
+    assert!(status.success(), "{}", s.bot.output());
+    wait_for("the standby to take over", || async {
+        standby.health().await.filter(|(c, b)| *c == 200 && b["gateway"] == "connected")
+    })
+    .await;
+    let state = s.discord.state().await;
+    assert_eq!(state["identifies"], 1, "the session was resumed, not re-identified: {state}");
+    let id2 = s.discord.say("still there?", 1).await;
+    let (replies, _) = s.discord.answered(&id2).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(s.llm.requests.load(Ordering::SeqCst), 2, "each message reached the LLM once");
+    s.bot = standby;
+}
