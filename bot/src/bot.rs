@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     db::{self, PromptAudit, StoredMessage},
     http::{GatewayState, Health},
-    leader::{Check, Leadership},
+    leader::Leadership,
     llm::Llm,
     reply,
 };
@@ -114,7 +114,7 @@ async fn connect_shard(ctx: &Ctx) -> Shard {
 async fn gateway_loop(
     ctx: Arc<Ctx>,
     mut shard: Shard,
-    mut leadership: Leadership,
+    leadership: Leadership,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let wanted = EventTypeFlags::READY
@@ -125,17 +125,15 @@ async fn gateway_loop(
     let mut tasks = JoinSet::new();
     let mut sessions = 0u64;
     let mut lost_lock = false;
-    let mut lock_check = tokio::time::interval(Duration::from_secs(2));
+    let mut leader = leadership.keep();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = lock_check.tick() => {
-                if leadership.check().await == Check::Lost {
-                    tracing::error!("another instance took the leader lock; stepping down");
-                    lost_lock = true;
-                    break;
-                }
+            Ok(()) = &mut leader.lost => {
+                tracing::error!("another instance took the leader lock; stepping down");
+                lost_lock = true;
+                break;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             event = shard.next_event(wanted) => match event {
@@ -208,7 +206,7 @@ async fn gateway_loop(
         }
     }
     // Last: a standby takes over only once the session is stored.
-    leadership.release().await;
+    leader.release().await;
     if lost_lock {
         anyhow::bail!("lost the leader lock to another instance; exiting so this one restarts as a standby");
     }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::config::DbConfig;
 
@@ -88,12 +89,49 @@ impl Leadership {
         }
     }
 
+    /// Keeps checking the lock in the background (so a slow database never stalls the gateway).
+    pub fn keep(mut self) -> LeaderGuard {
+        let (release_tx, mut release_rx) = oneshot::channel();
+        let (lost_tx, lost) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = &mut release_rx => break,
+                    _ = tick.tick() => {
+                        if self.check().await == Check::Lost {
+                            let _ = lost_tx.send(());
+                            break;
+                        }
+                    }
+                }
+            }
+            self.release().await;
+        });
+        LeaderGuard { release: release_tx, task, lost }
+    }
+
     /// Releases the lock so a standby takes over at once.
-    pub async fn release(mut self) {
+    async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             let _ =
                 sqlx::query("SELECT pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut conn).await;
             let _ = conn.close().await;
         }
+    }
+}
+
+/// The lock held in the background; `lost` fires if another instance took it.
+pub struct LeaderGuard {
+    release: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    pub lost: oneshot::Receiver<()>,
+}
+
+impl LeaderGuard {
+    /// Releases the lock and waits until it is gone.
+    pub async fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.task.await;
     }
 }
