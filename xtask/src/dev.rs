@@ -6,8 +6,8 @@
 //!
 //! DESCRIPTION
 //!     Builds the bot from the working tree (a debug build in Docker; dependencies stay cached in their
-//!     own layer, so an edit recompiles only the bot), starts Postgres and the bot with the base + dev
-//!     overlays, waits until both are healthy and shows the bot's /health. Without a real
+//!     own layer, so an edit recompiles only the bot), migrates the database, starts Postgres and the
+//!     bot with the base + dev overlays, waits until they are healthy and shows the bot's /health. Without a real
 //!     DISCORD_TOKEN it adds the local Discord stand-in and the placeholder LLM, and says so.
 
 use std::{
@@ -36,7 +36,10 @@ impl flags::Dev {
                  (set DISCORD_TOKEN and OPENROUTER_API_KEY in .env to use the real services)",
             );
         }
-        plan.run(stack.cmd(sh).args(["up", "--build", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
+        plan.run(stack.cmd(sh).arg("build")).context("building the bot image from the working tree")?;
+        // As in production: the schema first (this also starts Postgres), then the bot.
+        plan.run(stack.cmd(sh).args(["run", "--rm", "bot", "migrate"])).context("migrating the dev database")?;
+        plan.run(stack.cmd(sh).args(["up", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
             .context("the dev stack did not come up healthy; see `cargo xtask logs`")?;
         if plan.is_dry_run() {
             return Ok(());
