@@ -14,6 +14,7 @@
 //! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
 //!   `POST /control/reconnect` asks clients to reconnect (opcode 7)
 //! - `GET  /control/state` → connection, identify and resume counts
+//! - `GET  /health` → 200, so the image's `lattice-bot healthcheck` works for the stand-in too
 
 use std::{
     collections::HashMap,
@@ -139,12 +140,12 @@ pub fn router(world: World) -> Router {
     let shared = Arc::new(Shared { world, inner: Mutex::default(), changed: watch::channel(0).0 });
     Router::new()
         .route("/", get(gateway))
-        // For `lattice-bot healthcheck` with HTTP_PORT set to the stand-in's port.
-        .route("/health", get(|| async { "ok" }))
         .route("/api/v10/gateway", get(gateway_info))
         .route("/api/v10/gateway/bot", get(gateway_info))
         .route("/api/v10/users/@me", get(current_user_route))
         .route("/api/v10/channels/{channel}/messages", post(create_message))
+        // The image's HEALTHCHECK (`lattice-bot healthcheck`) probes /health in this role too.
+        .route("/health", get(|| async { Json(json!({ "status": "ok", "service": "discord-standin" })) }))
         .route("/control/info", get(info))
         .route("/control/messages", post(control_post))
         .route("/control/posted", get(control_posted))

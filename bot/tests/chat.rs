@@ -57,3 +57,21 @@ fn chat_says_what_to_do_when_the_standin_is_not_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is the dev stack up? run `cargo xtask dev`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standin_passes_the_images_healthcheck() {
+    let discord = Discord::start().await;
+    let port = discord.base.rsplit(':').next().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .arg("healthcheck")
+            .env_clear()
+            .env("HTTP_PORT", port)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("discord-standin"));
+}
