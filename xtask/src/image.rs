@@ -23,8 +23,11 @@
 //!     tags. With REGISTRY_USER and REGISTRY_PASSWORD set it logs in first, the password on stdin.
 //!
 //!     In GitHub Actions with buildx: `docker buildx build` with the `gha` BuildKit cache (and
-//!     `--push`). Elsewhere `docker build`; without buildx that is the legacy builder, whose layer
-//!     cache still keeps the dependency layers (see the Dockerfile).
+//!     `--push`). That needs a builder that can export caches (docker/setup-buildx-action's default
+//!     docker-container driver) and the Actions runtime token in the step's environment
+//!     (ACTIONS_RUNTIME_TOKEN; without it the build goes on without the cache, and says so).
+//!     Elsewhere `docker build`; without buildx that is the legacy builder, whose layer cache still
+//!     keeps the dependency layers (see the Dockerfile), and a note says so.
 
 use std::{
     path::{Path, PathBuf},
