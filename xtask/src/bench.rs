@@ -1,12 +1,272 @@
 //! NAME
-//!     cargo xtask bench
+//!     cargo xtask bench — measure and print the figures Lattice is judged by
+//!
+//! SYNOPSIS
+//!     cargo xtask bench [--only GROUP]... [--out FILE]
+//!
+//! DESCRIPTION
+//!     Runs each group of measurements on this machine (Docker and a local Postgres container, no
+//!     ssh) and prints one table: figure, value, unit and how it was measured. With `--out FILE` the
+//!     same figures are written as TOML (`[group.figure] value, unit, how`).
+//!
+//!     compile   `cargo build -p xtask` into a fresh CARGO_TARGET_DIR; warm `cargo xtask --help`
+//!     image     `cargo xtask image build` of a clone of HEAD: total size, the bot-binary layer
+//!               (`docker history`), then the rebuild after a one-line commit to bot/src and
+//!               whether the dependency layer was reused
+//!     memory    the release bot against the Discord stand-in and a Postgres container
+//!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream
+//!     handover  leader lock handover (SIGTERM the leader, the standby resumes the session)
+//!               next to the naive flows (kill + start, stop + start): gap and events lost
+//!     deploy    reserved: deploy and rollback timings against the local registry and sshd
+//!
+//!     Timings live here and never in tests. Every group removes what it started (containers,
+//!     processes, temporary directories) also when it fails; a failed group is reported in the
+//!     table and makes the command exit non-zero after the others ran.
 
-use anyhow::{bail, Result};
+mod bot;
+mod compile;
+mod http;
+mod image;
+mod json;
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{bail, Context, Result};
 
 use crate::{flags, plan::Plan, project::Project};
 
+/// The groups, in the order they run.
+pub const GROUPS: &[&str] = &["compile", "image", "memory", "handover", "deploy"];
+
 impl flags::Bench {
-    pub fn run(self, _plan: &Plan, _project: &Project) -> Result<()> {
-        bail!("`cargo xtask bench` is not implemented yet")
+    pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        let groups: Vec<&str> = GROUPS
+            .iter()
+            .copied()
+            .filter(|g| self.only.is_empty() || self.only.iter().any(|o| o == g))
+            .collect();
+        let mut report = Report::default();
+        let mut failed = Vec::new();
+        for group in groups {
+            plan.note(&format!("bench {group}"));
+            let result = match group {
+                "compile" => compile::run(plan, project, &mut report),
+                "image" => image::run(plan, project, &mut report),
+                "memory" => bot::memory(plan, project, &mut report),
+                "handover" => bot::handover(plan, project, &mut report),
+                "deploy" => {
+                    report.text(
+                        "deploy",
+                        "deploy_and_rollback",
+                        "not measured yet",
+                        "to come next to the end-to-end deploy test (local registry + sshd): deploy, rollback, \
+                         server CPU-seconds, against the naive pull/migrate/up -d/poll flow",
+                    );
+                    Ok(())
+                }
+                other => bail!("unknown bench group {other}"),
+            };
+            if let Err(err) = result {
+                eprintln!("bench {group} failed: {err:#}");
+                report.text(group, "FAILED", &format!("{err:#}"), "see the output above");
+                failed.push(group);
+            }
+        }
+        if plan.is_dry_run() {
+            return Ok(());
+        }
+        println!("{}", report.table());
+        if let Some(out) = &self.out {
+            std::fs::write(out, report.toml()).with_context(|| format!("writing {}", out.display()))?;
+            println!("figures written to {}", out.display());
+        }
+        if !failed.is_empty() {
+            bail!("bench group(s) failed: {}", failed.join(", "));
+        }
+        Ok(())
+    }
+}
+
+/// One measured value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub group: &'static str,
+    pub name: String,
+    pub value: Value,
+    pub unit: &'static str,
+    pub how: String,
+}
+
+/// Every figure of a run, in the order measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub figures: Vec<Figure>,
+}
+
+impl Report {
+    pub fn number(&mut self, group: &'static str, name: &str, value: f64, unit: &'static str, how: &str) {
+        self.figures.push(Figure {
+            group,
+            name: name.into(),
+            value: Value::Number(value),
+            unit,
+            how: how.into(),
+        });
+    }
+
+    pub fn seconds(&mut self, group: &'static str, name: &str, value: Duration, how: &str) {
+        self.number(group, name, value.as_secs_f64(), "s", how);
+    }
+
+    pub fn text(&mut self, group: &'static str, name: &str, value: &str, how: &str) {
+        self.figures.push(Figure {
+            group,
+            name: name.into(),
+            value: Value::Text(value.into()),
+            unit: "",
+            how: how.into(),
+        });
+    }
+
+    /// The figures as an aligned text table.
+    pub fn table(&self) -> String {
+        let rows: Vec<[String; 4]> = self
+            .figures
+            .iter()
+            .map(|f| [format!("{}.{}", f.group, f.name), render(&f.value), f.unit.to_string(), f.how.clone()])
+            .collect();
+        let header = ["figure".to_string(), "value".into(), "unit".into(), "how it was measured".into()];
+        let mut widths = [0usize; 3];
+        for row in rows.iter().chain(std::iter::once(&header)) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let mut line = |row: &[String; 4]| {
+            let _ = writeln!(
+                out,
+                "{:<w0$}  {:>w1$}  {:<w2$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            );
+        };
+        line(&header);
+        let mut group = "";
+        for (figure, row) in self.figures.iter().zip(&rows) {
+            if figure.group != group {
+                group = figure.group;
+                line(&[format!("-- {group}"), String::new(), String::new(), String::new()]);
+            }
+            line(row);
+        }
+        out.trim_end().to_string()
+    }
+
+    /// `[group.figure]` tables with `value`, `unit` and `how` (written by hand: the xtask's `toml`
+    /// is built to parse only).
+    pub fn toml(&self) -> String {
+        let mut out = String::from("# cargo xtask bench\n");
+        for f in &self.figures {
+            let value = match &f.value {
+                Value::Number(n) if n.is_finite() => format!("{n:?}"),
+                Value::Number(_) => "nan".to_string(),
+                Value::Text(t) => toml_string(t),
+            };
+            let _ = write!(
+                out,
+                "\n[{}.{}]\nvalue = {value}\nunit = {}\nhow = {}\n",
+                f.group,
+                f.name,
+                toml_string(f.unit),
+                toml_string(&f.how)
+            );
+        }
+        out
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn render(value: &Value) -> String {
+    match value {
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{n:.0}"),
+        Value::Number(n) if n.abs() >= 100.0 => format!("{n:.1}"),
+        Value::Number(n) => format!("{n:.3}"),
+        Value::Text(t) => t.clone(),
+    }
+}
+
+/// The median (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 0 { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] })
+}
+
+/// Bytes as MiB, for the table.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn the_table_and_the_toml_carry_value_unit_and_how() {
+        let mut report = Report::default();
+        report.number("memory", "rss_idle", 12.25, "MiB", "VmRSS");
+        report.number("memory", "replies", 300.0, "", "count");
+        report.text("deploy", "deploy_and_rollback", "not measured yet", "later");
+        let table = report.table();
+        assert!(table.contains("memory.rss_idle"), "{table}");
+        assert!(table.contains("12.250  MiB"), "{table}");
+        assert!(table.contains("-- deploy"), "{table}");
+        report.text("x", "quoted", "a \"b\"\\ c\nd", "");
+        let toml: toml::Table = report.toml().parse().unwrap();
+        assert_eq!(toml["x"]["quoted"]["value"].as_str(), Some("a \"b\"\\ c\nd"));
+        assert_eq!(toml["memory"]["rss_idle"]["value"].as_float(), Some(12.25));
+        assert_eq!(toml["memory"]["rss_idle"]["unit"].as_str(), Some("MiB"));
+        assert_eq!(toml["deploy"]["deploy_and_rollback"]["value"].as_str(), Some("not measured yet"));
     }
 }

@@ -163,4 +163,7 @@ pub struct Bench {
     /// Write the figures as TOML to this file too.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run only this group (repeatable): compile, image, memory, handover, deploy.
+    #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "memory", "handover", "deploy"])]
+    pub only: Vec<String>,
 }
