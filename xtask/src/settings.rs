@@ -17,7 +17,7 @@ pub struct Settings {
     pub deploy_path: String,
     /// Compose project name, on the server and (with `-dev`) for the dev stack. Env: LATTICE_COMPOSE_PROJECT.
     pub compose_project: String,
-    /// Seconds a new release has to become healthy.
+    /// Seconds a new release has to become healthy. Env: LATTICE_HEALTH_TIMEOUT_SECS.
     pub health_timeout_secs: u64,
     /// Releases kept on the server.
     pub releases_kept: usize,
@@ -45,6 +45,11 @@ impl Settings {
         }
         if let Some(deploy_path) = env.get("LATTICE_DEPLOY_PATH") {
             settings.deploy_path = deploy_path.to_string();
+        }
+        if let Some(secs) = env.get("LATTICE_HEALTH_TIMEOUT_SECS") {
+            settings.health_timeout_secs = secs.parse().map_err(|_| {
+                anyhow::anyhow!("LATTICE_HEALTH_TIMEOUT_SECS={secs:?} is not a number of seconds")
+            })?;
         }
         if let Some(compose_project) = env.get("LATTICE_COMPOSE_PROJECT") {
             settings.compose_project = compose_project.to_string();
