@@ -58,6 +58,7 @@ impl Env {
         Ok(Env { vars })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn from_pairs<const N: usize>(pairs: [(&str, &str); N]) -> Env {
         Env { vars: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
@@ -75,6 +76,7 @@ impl Env {
     }
 
     /// Fails listing every name that is missing, all at once.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn require(&self, names: &[&str]) -> Result<()> {
         let missing = self.missing(names);
         if !missing.is_empty() {
