@@ -153,6 +153,7 @@ pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<(
             }
         };
         report.seconds(g, &format!("{n}_serving_again"), run.serving_again, how_serving);
+        report.seconds(g, &format!("{n}_old_exit"), run.old_exit, "signal to the old process having exited");
         report.text(
             g,
             &format!("{n}_session"),
@@ -222,6 +223,8 @@ impl Switch {
 
 struct SwitchRun {
     serving_again: Duration,
+    /// From the signal until the old process had exited.
+    old_exit: Duration,
     session: &'static str,
     reply_gap: Duration,
     sent: usize,
@@ -252,14 +255,24 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let signal = if switch == Switch::KillThenStart { "-KILL" } else { "-TERM" };
     let switched_at = Instant::now();
     plan.run(cmd!(sh, "kill {signal} {pid}"))?;
-    if switch != Switch::LeaderLock {
-        old.process.wait_exit(Duration::from_secs(30))?;
-        new = Some(BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-new"))?);
-    }
-    let new = new.expect("a successor");
-    new.wait_gateway("connected", START_DEADLINE)?;
-    let serving_again = switched_at.elapsed();
-    if switch == Switch::LeaderLock {
+    let (new, old_exit) = if switch == Switch::LeaderLock {
+        let standby = new.take().expect("a standby");
+        // Both at once: when the old leader is gone, and when the standby serves.
+        let deadline = switched_at + START_DEADLINE;
+        let mut old_exit = None;
+        while standby.gateway().as_deref() != Some("connected") {
+            if old_exit.is_none() && old.process.exited() {
+                old_exit = Some(switched_at.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the standby did not take over within {} s:\n{}",
+                    START_DEADLINE.as_secs(),
+                    standby.process.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let status = old.process.wait_exit(Duration::from_secs(30))?;
         if !status.success() {
             bail!(
@@ -267,7 +280,15 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
                 old.process.log.display()
             );
         }
-    }
+        (standby, old_exit.unwrap_or_else(|| switched_at.elapsed()))
+    } else {
+        old.process.wait_exit(Duration::from_secs(30))?;
+        let old_exit = switched_at.elapsed();
+        let successor = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-new"))?;
+        successor.wait_gateway("connected", START_DEADLINE)?;
+        (successor, old_exit)
+    };
+    let serving_again = switched_at.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let sent = sender.stop();
     let deadline = Instant::now() + REPLY_DEADLINE;
@@ -279,8 +300,10 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let answered = sent.iter().filter(|id| replies.by_message.contains_key(*id)).count();
     let duplicated =
         sent.iter().filter(|id| replies.by_message.get(*id).is_some_and(|r| r.len() > 1)).count();
+    drop(new);
     Ok(SwitchRun {
         serving_again,
+        old_exit,
         session: session_kind(before, after),
         reply_gap: longest_gap(&replies.arrivals),
         sent: sent.len(),
@@ -612,7 +635,7 @@ impl BotProcess {
 /// Messages every [`PACE`] from a thread until stopped (at most 10 minutes' worth).
 struct Sender {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<String>>,
+    thread: Option<JoinHandle<Vec<String>>>,
 }
 
 impl Sender {
@@ -635,12 +658,19 @@ impl Sender {
             }
             sent
         });
-        Sender { stop, thread }
+        Sender { stop, thread: Some(thread) }
     }
 
-    fn stop(self) -> Vec<String> {
+    fn stop(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap_or_default()
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+/// A bench that fails midway stops sending too.
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -669,7 +699,7 @@ impl Replies {
 struct ReplyWatch {
     replies: Arc<Mutex<Replies>>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ReplyWatch {
@@ -698,7 +728,7 @@ impl ReplyWatch {
                 after = page.get("next").as_u64().unwrap_or(after);
             }
         });
-        ReplyWatch { replies, stop, thread }
+        ReplyWatch { replies, stop, thread: Some(thread) }
     }
 
     fn answered(&self, sent: &[String]) -> usize {
@@ -706,11 +736,19 @@ impl ReplyWatch {
         sent.iter().filter(|id| r.by_message.contains_key(*id)).count()
     }
 
-    fn stop(self) -> Replies {
+    fn stop(mut self) -> Replies {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.thread.join();
-        let r = self.replies.lock().expect("replies").clone();
-        r
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let replies = self.replies.lock().expect("replies").clone();
+        replies
+    }
+}
+
+impl Drop for ReplyWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
