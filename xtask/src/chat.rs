@@ -25,7 +25,15 @@ impl flags::Chat {
             bail!("the dev stack is not up (no running Discord stand-in): start it with `cargo xtask dev`");
         }
         let wait = self.wait.to_string();
-        plan.run_interactive(stack.cmd(sh).args(["exec", "-T", "discord", "lattice-bot", "chat", "--wait", &wait]))
-            .context("chat ended with an error")
+        plan.run_interactive(stack.cmd(sh).args([
+            "exec",
+            "-T",
+            "discord",
+            "lattice-bot",
+            "chat",
+            "--wait",
+            &wait,
+        ]))
+        .context("chat ended with an error")
     }
 }

