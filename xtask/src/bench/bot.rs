@@ -39,11 +39,15 @@ const START_DEADLINE: Duration = Duration::from_secs(90);
 /// How long after the last message its reply may still come.
 const REPLY_DEADLINE: Duration = Duration::from_secs(30);
 
+const DRY_RUN_NOTE: &str = "then: docker run lattice-bench-pg-* ($POSTGRES_IMAGE), lattice-bot migrate, \
+     lattice-bot discord-standin, lattice-bot run (placeholder LLM), messages through the control API";
+
 // ---- the groups ----
 
 pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     let bin = bot_binary(plan, project)?;
     if plan.is_dry_run() {
+        plan.note(DRY_RUN_NOTE);
         return Ok(());
     }
     let temp = plan.sh().create_temp_dir()?;
@@ -132,6 +136,7 @@ pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()>
 pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     let bin = bot_binary(plan, project)?;
     if plan.is_dry_run() {
+        plan.note(DRY_RUN_NOTE);
         return Ok(());
     }
     let temp = plan.sh().create_temp_dir()?;

@@ -34,7 +34,8 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     clone_sh.change_dir(&repo);
     let clone_plan = Plan::new(&clone_sh, plan.is_dry_run());
     let exe = std::env::current_exe().context("finding the running xtask")?;
-    let mut tags = Tags { names: vec![format!("{BENCH_IMAGE}:latest")] };
+    // A dry run removes nothing either.
+    let mut tags = Tags { names: vec![format!("{BENCH_IMAGE}:latest")], armed: !plan.is_dry_run() };
 
     // 1. The committed tree, as `cargo xtask image build` builds it.
     plan.note(&format!(
@@ -43,7 +44,10 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     ));
     let sha = clone_plan.read(cmd!(clone_sh, "git rev-parse HEAD"))?;
     tags.names.push(format!("{BENCH_IMAGE}:{sha}"));
-    let Some(first) = build(&clone_plan, &clone_sh, &exe)? else { return Ok(()) };
+    let Some(first) = build(&clone_plan, &clone_sh, &exe)? else {
+        plan.note("then: docker image inspect and docker history of <image>:<sha>, a one-line commit to bot/src/main.rs in the clone, the same build again");
+        return Ok(());
+    };
     let (cached, steps) = cached_steps(&first.output);
     report.seconds(
         "image",
@@ -113,10 +117,14 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
 /// Removes the bench's tags when dropped (also on failure); the layers stay as build cache.
 struct Tags {
     names: Vec<String>,
+    armed: bool,
 }
 
 impl Drop for Tags {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let _ = std::process::Command::new("docker")
             .arg("rmi")
             .args(&self.names)
