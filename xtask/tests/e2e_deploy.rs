@@ -1,0 +1,639 @@
+//! The deploy protocol end to end, with real parts: Debian's `docker-registry` on 127.0.0.1:5000,
+//! OpenSSH's `sshd` on 127.0.0.1:2222 as the production server (a non-root user in the `docker`
+//! group), the real bot image built from a clone of this repository, real Compose v2 and Postgres.
+//! The xtask gets the server exactly as CI secrets give it: `SSH_*` variables holding key contents.
+//!
+//! Flow: commit A built and pushed (`image push`, as CI's build job), its local tags removed so the
+//! server must pull it, then `deploy --sha A` (CI's deploy job) → healthy, migrated, `status` says A;
+//! commit B (adds a migration) with `release` → healthy; `rollback` → A serves again;
+//! `rollback --sha B` → B; the history lists the four. Every byte of output, the containers' logs
+//! and the server's files (but `.env`) are scanned for the secret values.
+//!
+//! Needs root (it creates the server's ssh user), `openssh-server` and `docker-registry`.
+
+use std::{
+    io::Write,
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const SERVER_USER: &str = "lattice-deploy";
+const REGISTRY: &str = "127.0.0.1:5000";
+const SSH_PORT: u16 = 2222;
+
+/// Distinctive fake secrets: if any of them shows up anywhere, it leaked.
+const SECRETS: &[(&str, &str)] = &[
+    ("DISCORD_TOKEN", "e2e-discord-token-Zq81xVb"),
+    ("OPENROUTER_API_KEY", "e2e-openrouter-key-Kp42mWd"),
+    ("POSTGRES_PASSWORD", "e2e-postgres-pass-Hy77rTn"),
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
+    out
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) before listening on 127.0.0.1:{port}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what} is not listening on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn require_tools() {
+    let missing: Vec<&str> = ["/usr/sbin/sshd", "/usr/bin/docker-registry", "/usr/bin/ssh-keygen"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not found: install openssh-server docker-registry (apt-get install openssh-server docker-registry; \
+         .ci/run does it)",
+        missing.join(", ")
+    );
+    for (port, what) in [(SSH_PORT, "sshd"), (5000, "the registry")] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "127.0.0.1:{port} is already taken, but the test starts {what} there: stop whatever listens on it"
+        );
+    }
+    let uid = stdout(Command::new("id").arg("-u"));
+    assert_eq!(uid, "0", "the deploy end-to-end test runs as root: it creates the server's ssh user");
+}
+
+/// The "production server"'s user: non-root, in the `docker` group, able to log in by key only,
+/// with Compose v2 available to it (as the docker-compose-plugin package gives every user).
+fn ensure_server_user() -> PathBuf {
+    let exists = Command::new("id").arg("-u").arg(SERVER_USER).output().unwrap().status.success();
+    if !exists {
+        run(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            "docker",
+            SERVER_USER,
+        ]));
+    }
+    run(Command::new("usermod").args(["--append", "--groups", "docker", SERVER_USER]));
+    // `*`, not the `!` useradd leaves: a locked account may not log in even by key.
+    run(Command::new("usermod").args(["--password", "*", SERVER_USER]));
+    let home = PathBuf::from(stdout(
+        Command::new("sh").arg("-c").arg(format!("getent passwd {SERVER_USER} | cut -d: -f6")),
+    ));
+    let has_compose = Command::new("runuser")
+        .args(["-u", SERVER_USER, "--", "docker", "compose", "version"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !has_compose {
+        let plugin = stdout(Command::new("docker").args([
+            "info",
+            "--format",
+            "{{range .ClientInfo.Plugins}}{{if eq .Name \"compose\"}}{{.Path}}{{end}}{{end}}",
+        ]));
+        assert!(!plugin.is_empty(), "Docker Compose v2 is not installed (.ci/run installs it)");
+        let dir = home.join(".docker/cli-plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&plugin, dir.join("docker-compose")).unwrap();
+        run(Command::new("chown")
+            .args(["-R", &format!("{SERVER_USER}:{SERVER_USER}")])
+            .arg(home.join(".docker")));
+    }
+    home
+}
+
+struct Harness {
+    dir: PathBuf,
+    clone: PathBuf,
+    home: PathBuf,
+    deploy_path: String,
+    project: String,
+    image: String,
+    standin: String,
+    children: Vec<Child>,
+    env: Vec<(String, String)>,
+    /// Every byte the xtask printed, for the secret scan.
+    transcript: String,
+    private_key: String,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        require_tools();
+        let home = ensure_server_user();
+        let id = std::process::id();
+        let dir = std::env::temp_dir().join(format!("lattice-deploy-e2e-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // sshd reads authorized_keys as the user: the directory must be traversable.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut h = Harness {
+            clone: dir.join("clone"),
+            dir,
+            home,
+            deploy_path: format!("lattice-e2e-{id}"),
+            project: format!("lattice-e2e-deploy-{id}"),
+            image: format!("{REGISTRY}/lattice-bot"),
+            standin: format!("lattice-e2e-standin-{id}"),
+            children: Vec::new(),
+            env: Vec::new(),
+            transcript: String::new(),
+            private_key: String::new(),
+        };
+        h.start_sshd();
+        h.start_registry();
+        run(Command::new("git").args(["clone", "--quiet", "--no-hardlinks"]).arg(workspace()).arg(&h.clone));
+        h
+    }
+
+    fn start_sshd(&mut self) {
+        let d = &self.dir;
+        for (name, comment) in [("host_key", "e2e-host"), ("client_key", "e2e-client")] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(d.join(name)));
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::set_permissions(d.join("authorized_keys"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = format!(
+            "ListenAddress 127.0.0.1\nPort {SSH_PORT}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nAllowUsers {SERVER_USER}\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin no\nUsePAM no\nStrictModes no\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let mut sshd = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(SSH_PORT, "sshd", &mut sshd);
+        self.children.push(sshd);
+        let host_key = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+        let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        self.private_key = std::fs::read_to_string(d.join("client_key")).unwrap();
+        self.env.extend(
+            [
+                ("SSH_HOST", "127.0.0.1".to_string()),
+                ("SSH_PORT", SSH_PORT.to_string()),
+                ("SSH_USER", SERVER_USER.to_string()),
+                ("SSH_PRIVATE_KEY", self.private_key.clone()),
+                ("SSH_KNOWN_HOSTS", format!("[127.0.0.1]:{SSH_PORT} {}", host_key.join(" "))),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
+
+    fn start_registry(&mut self) {
+        let d = &self.dir;
+        let config = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: {REGISTRY}\n",
+            d.display()
+        );
+        std::fs::write(d.join("registry.yml"), config).unwrap();
+        let log = std::fs::File::create(d.join("registry.log")).unwrap();
+        let mut registry = Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("registry.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(5000, "docker-registry", &mut registry);
+        self.children.push(registry);
+    }
+
+    /// The app's variables, as CI secrets would hold them; the bot talks to the Discord stand-in
+    /// (reached from the compose network through the docker0 bridge address) and the placeholder LLM.
+    fn app_env(&mut self, discord: &str) {
+        for (k, v) in SECRETS {
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        let postgres_image =
+            std::env::var("POSTGRES_IMAGE").unwrap_or_else(|_| "postgres:16-bookworm".into());
+        self.env.extend(
+            [
+                ("DISCORD_GUILD_ID", "100000000000000001".to_string()),
+                ("DISCORD_MAIN_CHANNEL_ID", "100000000000000002".to_string()),
+                ("DISCORD_DREAM_CHANNEL_ID", "100000000000000003".to_string()),
+                ("POSTGRES_USER", "lattice".to_string()),
+                ("POSTGRES_DB", "lattice".to_string()),
+                ("POSTGRES_IMAGE", postgres_image),
+                ("LLM_PROVIDER", "placeholder".to_string()),
+                ("DISCORD_API_URL", format!("http://{discord}")),
+                ("DISCORD_GATEWAY_URL", format!("ws://{discord}")),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
+
+    fn xtask(&mut self, args: &[&str]) -> Output {
+        self.xtask_with(args, &[])
+    }
+
+    fn xtask_with(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args).current_dir(&self.clone).stdin(Stdio::null());
+        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
+            cmd.env_remove(name);
+        }
+        cmd.env("LATTICE_IMAGE", &self.image)
+            .env("LATTICE_DEPLOY_PATH", &self.deploy_path)
+            .env("LATTICE_COMPOSE_PROJECT", &self.project)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied());
+        let out = cmd.output().unwrap();
+        self.transcript.push_str(&format!("$ cargo xtask {}\n{}\n", args.join(" "), show(&out)));
+        out
+    }
+
+    fn xtask_ok(&mut self, args: &[&str]) -> String {
+        let out = self.xtask(args);
+        assert!(out.status.success(), "cargo xtask {} failed:\n{}", args.join(" "), show(&out));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        stdout(
+            Command::new("git")
+                .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid"])
+                .args(args)
+                .current_dir(&self.clone),
+        )
+    }
+
+    /// Another deploy's lock, held the way the xtask holds it: `flock` in an ssh session that lasts
+    /// as long as its stdin.
+    fn hold_lock(&self, holder: &str) -> Child {
+        let d = &self.dir;
+        let known_hosts = d.join("known_hosts");
+        let pinned = self.env.iter().find(|(k, _)| k == "SSH_KNOWN_HOSTS").unwrap().1.clone();
+        std::fs::write(&known_hosts, format!("{pinned}\n")).unwrap();
+        let script = format!(
+            "cd {} && exec flock -n .lock sh -c 'echo \"{holder} since then\" > .lock.holder; echo locked; exec cat >/dev/null'",
+            self.deploy_path
+        );
+        let mut child = Command::new("ssh")
+            .args(["-i"])
+            .arg(d.join("client_key"))
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", &SSH_PORT.to_string()])
+            .arg(format!("{SERVER_USER}@127.0.0.1"))
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "could not take the lock for the test");
+        child
+    }
+
+    fn history(&self) -> Vec<(String, String, String)> {
+        self.server_file("deploys.log")
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[1].to_string(), f[2].to_string(), f[4].to_string())
+            })
+            .collect()
+    }
+
+    fn server_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.home.join(&self.deploy_path).join(name)).unwrap_or_default()
+    }
+
+    fn container(&self, service: &str) -> String {
+        let id = stdout(Command::new("docker").args([
+            "ps",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]));
+        assert_eq!(id.lines().count(), 1, "expected one running {service} container, found: {id:?}");
+        id
+    }
+
+    fn inspect(&self, container: &str, format: &str) -> String {
+        stdout(Command::new("docker").args(["inspect", "--format", format, container]))
+    }
+
+    fn applied_schema_head(&self) -> String {
+        let postgres = self.container("postgres");
+        stdout(Command::new("docker").args([
+            "exec",
+            &postgres,
+            "psql",
+            "-U",
+            "lattice",
+            "-d",
+            "lattice",
+            "-tAc",
+            "select max(version) from _sqlx_migrations where success",
+        ]))
+    }
+
+    /// What a user notices after a switch: the bot container runs that sha's image and is healthy.
+    fn assert_serving(&self, sha: &str) {
+        let bot = self.container("bot");
+        assert_eq!(self.inspect(&bot, "{{.Config.Image}}"), format!("{}:{sha}", self.image));
+        assert_eq!(self.inspect(&bot, "{{.State.Health.Status}}"), "healthy");
+        assert_eq!(
+            std::fs::read_link(self.home.join(&self.deploy_path).join("current")).unwrap(),
+            PathBuf::from(format!("releases/{sha}"))
+        );
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output() {
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+            }
+        }
+        let _ = Command::new("docker").args(["rm", "-f", &self.standin]).output();
+        let _ = Command::new("docker")
+            .args(["rmi", "--no-prune", &format!("lattice-e2e-standin:{}", std::process::id())])
+            .output();
+        let _ = Command::new("docker").args(["volume", "rm", &format!("{}_pgdata", self.project)]).output();
+        let _ = Command::new("docker").args(["network", "rm", &format!("{}_default", self.project)]).output();
+        // The release images (their build cache stays: --no-prune keeps the parent layers).
+        if let Ok(out) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &self.image])
+            .output()
+        {
+            let tags: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if !tags.is_empty() {
+                let _ = Command::new("docker").args(["rmi", "--no-prune"]).args(&tags).output();
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(self.home.join(&self.deploy_path));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn docker0_address() -> String {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", "docker0"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| "172.17.0.1".to_string())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
+    let mut h = Harness::start();
+    let sha_a = h.git(&["rev-parse", "HEAD"]);
+
+    // A: CI's build job, then the local tags are removed so the server must pull from the registry.
+    let pushed = h.xtask_ok(&["image", "push"]);
+    assert!(pushed.contains(&sha_a), "{pushed}");
+    let image_a = format!("{}:{sha_a}", h.image);
+    // The stand-in runs from the same image under its own name, which keeps the layers local.
+    let standin_image = format!("lattice-e2e-standin:{}", std::process::id());
+    run(Command::new("docker").args(["tag", &image_a, &standin_image]));
+    run(Command::new("docker").args(["rmi", "--no-prune", &image_a, &format!("{}:latest", h.image)]));
+    let discord = format!("{}:{}", docker0_address(), free_port());
+    run(Command::new("docker").args([
+        "run",
+        "--detach",
+        "--name",
+        &h.standin,
+        "--network",
+        "host",
+        &standin_image,
+        "discord-standin",
+        "--listen",
+        &format!("0.0.0.0:{}", discord.rsplit(':').next().unwrap()),
+    ]));
+    h.app_env(&discord);
+
+    // Bad input is refused before the server changes, with what to do.
+    let out = h.xtask(&["deploy", "--sha", &"0".repeat(40)]);
+    let text = show(&out);
+    assert!(!out.status.success() && text.contains("not a commit of this repository"), "{text}");
+    assert!(text.contains("nothing on the server was touched"), "{text}");
+    assert!(!h.home.join(&h.deploy_path).join("releases").exists(), "a refused deploy touched the server");
+
+    // A fresh server: only Docker and an ssh user. `secrets` writes its .env.
+    h.xtask_ok(&["secrets"]);
+    let env_file = h.home.join(&h.deploy_path).join(".env");
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the server's .env must be owner-only");
+
+    let dry = h.xtask_ok(&["--dry-run", "deploy", "--sha", &sha_a]);
+    for step in [
+        "manifest inspect",
+        "flock",
+        "pull",
+        "bot migrate",
+        "mv -T current.new current",
+        "--wait",
+        "deploys.log",
+    ] {
+        assert!(dry.contains(step), "the dry-run plan lacks {step:?}:\n{dry}");
+    }
+
+    // A wrong host key and an unreachable host are refused, saying what to check.
+    let wrong_key = std::fs::read_to_string(h.dir.join("client_key.pub")).unwrap();
+    let wrong_key: Vec<&str> = wrong_key.split_whitespace().take(2).collect();
+    let wrong = format!("[127.0.0.1]:{SSH_PORT} {}", wrong_key.join(" "));
+    let out = h.xtask_with(&["deploy", "--sha", &sha_a], &[("SSH_KNOWN_HOSTS", &wrong)]);
+    let text = show(&out);
+    assert!(!out.status.success() && text.contains("Host key verification failed"), "{text}");
+    assert!(text.contains("SSH_KNOWN_HOSTS does not hold this server's key"), "{text}");
+    let out = h.xtask_with(&["status"], &[("SSH_PORT", "1")]);
+    let text = show(&out);
+    assert!(!out.status.success() && text.contains("cannot reach"), "{text}");
+    assert!(!h.home.join(&h.deploy_path).join("releases").exists(), "a refused deploy touched the server");
+
+    let deployed = h.xtask_ok(&["deploy", "--sha", &sha_a]);
+    assert!(deployed.contains("Pulled"), "the server did not pull A from the registry:\n{deployed}");
+    h.assert_serving(&sha_a);
+    let migrations = h.clone.join("bot/migrations");
+    let head_a = std::fs::read_dir(&migrations)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().split('_').next()?.parse::<u32>().ok())
+        .max()
+        .unwrap();
+    assert_eq!(h.applied_schema_head(), head_a.to_string(), "A's migrations are applied");
+    let status = h.xtask_ok(&["status"]);
+    assert!(status.contains(&format!("current:  {sha_a}")), "{status}");
+    assert!(status.contains("bot") && status.contains("healthy"), "{status}");
+
+    // What runs in production: non-root bot with a health check and no source mount; Postgres
+    // published on no host port.
+    let bot = h.container("bot");
+    assert_eq!(h.inspect(&bot, "{{.Config.User}}"), "10001:10001");
+    assert_ne!(h.inspect(&bot, "{{if .Config.Healthcheck}}yes{{end}}"), "");
+    assert_eq!(h.inspect(&bot, "{{range .Mounts}}{{if eq .Type \"bind\"}}{{.Source}} {{end}}{{end}}"), "");
+    let postgres = h.container("postgres");
+    assert_eq!(h.inspect(&postgres, "{{range $p, $b := .HostConfig.PortBindings}}{{$p}} {{end}}"), "");
+
+    // B: a commit that adds a (backward-compatible) migration, shipped with `release`.
+    let head_b = head_a + 1;
+    let migration = migrations.join(format!("{head_b:04}_e2e_release_b.sql"));
+    let mut file = std::fs::File::create(&migration).unwrap();
+    writeln!(file, "-- lattice: backward-compatible\n-- Added by release B of the deploy end-to-end test.\ncreate table e2e_release_b (id bigint primary key);").unwrap();
+    h.git(&["add", "bot/migrations"]);
+    h.git(&["commit", "--quiet", "-m", "B: add a migration"]);
+    let sha_b = h.git(&["rev-parse", "HEAD"]);
+    h.xtask_ok(&["release"]);
+    h.assert_serving(&sha_b);
+    assert_eq!(h.applied_schema_head(), head_b.to_string(), "B's migration is applied");
+
+    // Rollback without a sha: the previous good release, A, with its own files; no pull, no build.
+    let rolled = h.xtask_ok(&["rollback"]);
+    assert!(!rolled.contains("Pulled"), "rollback pulled although the image was on the server:\n{rolled}");
+    h.assert_serving(&sha_a);
+    h.xtask_ok(&["rollback", "--sha", &sha_b]);
+    h.assert_serving(&sha_b);
+
+    let entry =
+        |action: &str, sha: &str, result: &str| (action.to_string(), sha.to_string(), result.to_string());
+    assert_eq!(
+        h.history(),
+        vec![
+            entry("deploy", &sha_a, "ok"),
+            entry("deploy", &sha_b, "ok"),
+            entry("rollback", &sha_a, "ok"),
+            entry("rollback", &sha_b, "ok")
+        ],
+        "history:\n{}",
+        h.server_file("deploys.log")
+    );
+    let status = h.xtask_ok(&["status"]);
+    assert_eq!(status.matches(" ok ").count(), 4, "status lists the four history entries:\n{status}");
+
+    // Deploy safety. A second deploy fails at once and names the holder; the lock dies with the
+    // holder's session.
+    let mut other = h.hold_lock("ann@laptop deploy 1234567");
+    let out = h.xtask(&["rollback", "--sha", &sha_a]);
+    let text = show(&out);
+    assert!(!out.status.success(), "a deploy ran although another held the lock:\n{text}");
+    assert!(text.contains("locked by another deploy: ann@laptop deploy 1234567 since"), "{text}");
+    let status = h.xtask_ok(&["status"]);
+    assert!(status.contains("lock:     ann@laptop deploy 1234567"), "{status}");
+    drop(other.stdin.take());
+    other.wait().unwrap();
+    let status = h.xtask_ok(&["status"]);
+    assert!(status.contains("lock:     free"), "the lock outlived its session:\n{status}");
+    h.assert_serving(&sha_b);
+
+    // A failing migration: nothing is switched, B keeps serving, the migration's error is shown.
+    let broken = migrations.join(format!("{:04}_e2e_broken.sql", head_b + 1));
+    std::fs::write(&broken, "select * from e2e_no_such_table;\n").unwrap();
+    h.git(&["add", "bot/migrations"]);
+    h.git(&["commit", "--quiet", "-m", "C: a migration that fails"]);
+    let sha_c = h.git(&["rev-parse", "HEAD"]);
+    let out = h.xtask(&["release"]);
+    let text = show(&out);
+    assert!(!out.status.success(), "a release with a failing migration succeeded:\n{text}");
+    assert!(text.contains("migrations failed") && text.contains("e2e_no_such_table"), "{text}");
+    h.assert_serving(&sha_b);
+    assert_eq!(h.applied_schema_head(), head_b.to_string());
+    assert!(
+        !h.history().iter().any(|(_, sha, _)| *sha == sha_c),
+        "a release that never switched is in the history"
+    );
+
+    // An unhealthy release: switched back to B automatically, both recorded, the command fails
+    // showing the new container's last log lines.
+    h.git(&["reset", "--quiet", "--hard", &sha_b]);
+    let dockerfile = h.clone.join("bot/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    let healthcheck = "CMD [\"lattice-bot\", \"healthcheck\"]";
+    assert!(text.contains(healthcheck), "bot/Dockerfile's HEALTHCHECK changed shape; update this test");
+    std::fs::write(&dockerfile, text.replace(healthcheck, "CMD [\"false\"]")).unwrap();
+    h.git(&["commit", "--quiet", "-am", "D: an image that is never healthy"]);
+    let sha_d = h.git(&["rev-parse", "HEAD"]);
+    let out = h.xtask_with(&["release"], &[("LATTICE_HEALTH_TIMEOUT_SECS", "60")]);
+    let text = show(&out);
+    assert!(!out.status.success(), "an unhealthy release succeeded:\n{text}");
+    assert!(text.contains(&format!("switched back to {sha_b}, which serves again")), "{text}");
+    assert!(text.contains("last log lines"), "{text}");
+    h.assert_serving(&sha_b);
+    let history = h.history();
+    assert_eq!(
+        history[history.len() - 2..],
+        [entry("deploy", &sha_d, "unhealthy"), entry("switch-back", &sha_b, "ok")],
+        "history:\n{}",
+        h.server_file("deploys.log")
+    );
+
+    // The secret scan: every byte the xtask printed, the containers' logs, the server's files.
+    let mut haystack = h.transcript.clone();
+    for service in ["bot", "postgres"] {
+        let out = run(Command::new("docker").args(["logs", &h.container(service)]));
+        haystack.push_str(&String::from_utf8_lossy(&out.stdout));
+        haystack.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let out = run(Command::new("docker").args(["logs", &h.standin]));
+    haystack.push_str(&String::from_utf8_lossy(&out.stderr));
+    let root = h.home.join(&h.deploy_path);
+    let listing = stdout(Command::new("find").arg(&root).args(["-type", "f", "!", "-name", ".env"]));
+    for file in listing.lines() {
+        haystack.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+    }
+    let key_lines: Vec<&str> =
+        h.private_key.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")).collect();
+    assert!(!key_lines.is_empty());
+    for (name, value) in SECRETS.iter().copied().chain(key_lines.iter().map(|l| ("SSH_PRIVATE_KEY", *l))) {
+        assert!(
+            !haystack.contains(value),
+            "the value of {name} leaked into the output, logs or server files"
+        );
+    }
+}
