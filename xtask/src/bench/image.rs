@@ -48,13 +48,13 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
         plan.note("then: docker image inspect and docker history of <image>:<sha>, a one-line commit to bot/src/main.rs in the clone, the same build again");
         return Ok(());
     };
-    let (cached, steps) = cached_steps(&first.output);
+    let (cached, ran, steps) = cached_steps(&first.output);
     report.seconds(
         "image",
         "build",
         first.elapsed,
         &format!(
-            "cargo xtask image build of HEAD {} (legacy builder), {cached} of {steps} steps from this machine's layer cache",
+            "cargo xtask image build of HEAD {} (legacy builder) on this machine's layer cache: {ran} of {steps} steps ran, {cached} cached",
             &sha[..sha.len().min(12)]
         ),
     );
@@ -218,18 +218,21 @@ fn binary_layer(history: &str) -> Option<u64> {
     })
 }
 
-/// `(steps answered from cache, steps)` of a legacy-builder build output.
-fn cached_steps(output: &str) -> (usize, usize) {
+/// `(steps answered from cache, steps that ran a container, steps)` of a legacy-builder build output.
+fn cached_steps(output: &str) -> (usize, usize, usize) {
     let mut steps = 0;
     let mut cached = 0;
+    let mut ran = 0;
     for line in output.lines() {
         if line.starts_with("Step ") {
             steps += 1;
         } else if line.trim() == "---> Using cache" {
             cached += 1;
+        } else if line.trim().starts_with("---> Running in ") {
+            ran += 1;
         }
     }
-    (cached, steps)
+    (cached, ran, steps)
 }
 
 /// Whether the Dockerfile step that builds the dependencies (`cargo build` then `cargo clean -p`)
@@ -274,7 +277,7 @@ Step 12/24 : RUN cargo build --profile \"$CARGO_PROFILE\" --locked -p lattice-bo
         let cold = REBUILD.replacen(" ---> Using cache\n ---> 4d5e6f", " ---> Running in 99\n", 1);
         assert_eq!(dependency_layer_cached(&cold), Some(false));
         assert_eq!(dependency_layer_cached("Step 1/1 : FROM x\n"), None);
-        assert_eq!(cached_steps(REBUILD), (2, 5));
+        assert_eq!(cached_steps(REBUILD), (2, 1, 5));
     }
 
     #[test]
