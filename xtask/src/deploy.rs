@@ -319,6 +319,7 @@ pub fn switch_to(
     let healthy = server.run(&up(sha)).is_ok();
     let record = |action: Action, sha: &str, outcome: Outcome, seconds: u64| -> Result<()> {
         let digest = server.read(&layout.digest(sha))?;
+        let digest = if plan.is_dry_run() { "<digest>".to_string() } else { digest };
         let entry = Entry { action, sha: sha.into(), digest, outcome, seconds, who: who.clone() };
         server.run(&layout.record(&entry))
     };

@@ -6,8 +6,10 @@
 //! Flow: commit A built and pushed (`image push`, as CI's build job), its local tags removed so the
 //! server must pull it, then `deploy --sha A` (CI's deploy job) → healthy, migrated, `status` says A;
 //! commit B (adds a migration) with `release` → healthy; `rollback` → A serves again;
-//! `rollback --sha B` → B; the history lists the four. Every byte of output, the containers' logs
-//! and the server's files (but `.env`) are scanned for the secret values.
+//! `rollback --sha B` → B; the history lists the four. Then deploy safety: a held lock, a failing
+//! migration (C), an unhealthy release switched back (D), a rollback refused below the database's
+//! schema (E). Every byte of output, the containers' logs and the server's files (but `.env`) are
+//! scanned for the secret values.
 //!
 //! Needs root (it creates the server's ssh user), `openssh-server` and `docker-registry`.
 
@@ -612,6 +614,32 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         "history:\n{}",
         h.server_file("deploys.log")
     );
+
+    // Schema-aware rollback: once a migration that is not declared backward-compatible is
+    // applied, going back to an image that predates it is refused, unless --force.
+    h.git(&["reset", "--quiet", "--hard", &sha_b]);
+    let head_e = head_b + 1;
+    std::fs::write(
+        migrations.join(format!("{head_e:04}_e2e_release_e.sql")),
+        "create table e2e_release_e (id bigint primary key);\n",
+    )
+    .unwrap();
+    h.git(&["add", "bot/migrations"]);
+    h.git(&["commit", "--quiet", "-m", "E: a migration the old code may not cope with"]);
+    let sha_e = h.git(&["rev-parse", "HEAD"]);
+    h.xtask_ok(&["release"]);
+    h.assert_serving(&sha_e);
+    let out = h.xtask(&["rollback", "--sha", &sha_b]);
+    let text = show(&out);
+    assert!(!out.status.success(), "rolled back below the database's schema:\n{text}");
+    assert!(
+        text.contains(&format!("migrations {head_e} applied that are not declared backward-compatible")),
+        "{text}"
+    );
+    assert!(text.contains("--force"), "{text}");
+    h.assert_serving(&sha_e);
+    h.xtask_ok(&["rollback", "--sha", &sha_b, "--force"]);
+    h.assert_serving(&sha_b);
 
     // The secret scan: every byte the xtask printed, the containers' logs, the server's files.
     let mut haystack = h.transcript.clone();
