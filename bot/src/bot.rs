@@ -177,10 +177,16 @@ async fn gateway_loop(
     // Let the shard send the close frame; a resumable close keeps the session valid for a successor.
     // The shard reconnects by itself once the socket is gone, but only after a 1 s back-off, so
     // polling for half a second flushes the close without starting a new connection.
+    // Messages that still arrive before the close count in the stored sequence, so a successor
+    // resumes after them: handle them here (they join the in-flight replies) or they are lost.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(ev) = shard.next_event(EventTypeFlags::empty()).await {
-            if matches!(ev, Ok(Event::GatewayClose(_))) {
-                break;
+        while let Some(ev) = shard.next_event(wanted).await {
+            match ev {
+                Ok(Event::GatewayClose(_)) => break,
+                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => {
+                    tasks.spawn(handle_message(ctx.clone(), m.0));
+                }
+                _ => {}
             }
         }
     })
