@@ -59,11 +59,12 @@ impl<'a> Plan<'a> {
 
     /// Runs a step, its output going straight to the terminal. Fails on a non-zero exit.
     pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
-        let line = self.record(&cmd);
+        self.record(&cmd);
         if self.dry_run {
             return Ok(());
         }
-        cmd.quiet().run().with_context(|| format!("step failed: {line}"))
+        // xshell's error already names the whole command and its exit code.
+        Ok(cmd.quiet().run()?)
     }
 
     /// Runs an interactive step: standard input, output and error stay the terminal's
@@ -88,7 +89,7 @@ impl<'a> Plan<'a> {
         if self.dry_run {
             return Ok(format!("<output of {line}>"));
         }
-        cmd.quiet().read().with_context(|| format!("step failed: {line}"))
+        Ok(cmd.quiet().read()?)
     }
 
     /// Runs a probe: `Some(output)` (stdout, or stderr when stdout is empty, trimmed) when it
@@ -175,7 +176,7 @@ mod tests {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
         let err = plan.run(cmd!(sh, "false")).unwrap_err();
-        assert!(format!("{err:#}").contains("step failed: false"), "{err:#}");
+        assert!(format!("{err:#}").contains("`false`"), "{err:#}");
         assert!(!plan.check(cmd!(sh, "false")).unwrap());
         assert!(plan.check(cmd!(sh, "true")).unwrap());
     }
