@@ -13,6 +13,17 @@
 //!     untouched), switch `current` and wait until healthy (unhealthy: switch back to the previous
 //!     release, record both, fail with the new container's last log lines), record in
 //!     `deploys.log`, prune releases beyond `releases_kept`. The server never builds.
+//!
+//!     The switch, health wait, switch-back and record are one script (`.switch.sh`) that the lock's
+//!     own ssh session starts detached (`setsid nohup`): it inherits the locked file descriptor, so
+//!     a killed client can neither cut a switch in half nor free the lock before `current`, the
+//!     running container and `deploys.log` agree again. The client follows its log (`.switch.log`).
+//!     Killed earlier (upload, pull, migrate), the lock dies with the ssh session and nothing was
+//!     switched; running the same deploy again completes it.
+//!
+//!     Test hook: `LATTICE_TEST_PAUSE_AT=pulled|migrate|switch|health` prints
+//!     `lattice test pause: <step>` at that point and sleeps 5 s, so the end-to-end test can kill
+//!     the deploy exactly there.
 
 use std::time::Instant;
 
@@ -22,10 +33,13 @@ use xshell::cmd;
 use crate::{
     env::APP_VARS,
     flags,
-    history::{self, Action, Entry, Outcome},
+    history::{self, Action},
     plan::Plan,
     project::Project,
-    server::{shell_quote, shell_words, who, Server},
+    server::{
+        shell_quote, shell_words, who, Lock, Server, Switch, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT,
+        SWITCH_SCRIPT,
+    },
 };
 
 /// A git commit id as used for image tags: 7 to 40 lowercase hex digits.
@@ -259,7 +273,7 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
         server.connect()?;
         check_server_env(&server)?;
         let holder = format!("{} deploy {sha}", who(&project.env));
-        let _lock = server.lock(&holder, lock_wait)?;
+        let mut lock = server.lock(&holder, lock_wait)?;
         let previous = current(&server)?;
         let layout = server.layout.clone();
         let dir = layout.release_dir(&sha);
@@ -274,13 +288,22 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
         }
         login_on_server(&server, project)?;
         server.run(&layout.compose(&sha, &["pull", "--policy", "missing", "--quiet"])).context("pull")?;
+        let pause = pause_at(project);
+        if pause.as_deref() == Some("pulled") && !plan.is_dry_run() {
+            eprintln!("lattice test pause: pulled");
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
 
         plan.note("migrate with the new image; on failure the running release is left untouched");
+        let mut migrate = layout.compose(&sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]);
+        if pause.as_deref() == Some("migrate") {
+            migrate.push_str(" && echo 'lattice test pause: migrate' && sleep 5");
+        }
         server
-            .run(&layout.compose(&sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]))
+            .run(&migrate)
             .context("migrations failed (their output is above); nothing was switched, the running release still serves")?;
 
-        switch_to(&server, project, &sha, previous.as_deref(), Action::Deploy, started)?;
+        switch_to(&server, &mut lock, project, &sha, previous.as_deref(), Action::Deploy, started)?;
         prune(&server, project, &sha)?;
         Ok(())
     })()
@@ -293,9 +316,12 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
 
 /// Points `current` at `sha`, brings its containers up and waits until healthy; records the
 /// outcome. Unhealthy: the new container's last log lines are kept, `previous` is switched back and
-/// recorded, and the error carries the log lines.
+/// recorded, and the error carries the log lines. All of it is one script run detached on the
+/// server under the deploy lock ([`Layout::switch_script`]); this side uploads it, starts it and
+/// follows its log, so killing this process mid-switch changes nothing about the outcome.
 pub fn switch_to(
     server: &Server,
+    lock: &mut Lock,
     project: &Project,
     sha: &str,
     previous: Option<&str>,
@@ -304,51 +330,56 @@ pub fn switch_to(
 ) -> Result<()> {
     let plan = server.plan();
     let layout = &server.layout;
-    let timeout = project.settings.health_timeout_secs.to_string();
-    let who = who(&project.env);
-    plan.note(&format!("switch current to {sha} and wait up to {timeout} s for it to be healthy"));
-    let up = |sha: &str| {
-        format!(
-            "{} && {}",
-            layout.switch(sha),
-            layout
-                .compose(sha, &["up", "--detach", "--wait", "--wait-timeout", &timeout, "--remove-orphans"])
-        )
+    let timeout = project.settings.health_timeout_secs;
+    let switch = Switch {
+        sha: sha.to_string(),
+        previous: previous.map(str::to_string),
+        action,
+        timeout_secs: timeout,
+        who: who(&project.env),
+        elapsed_secs: started.elapsed().as_secs(),
+        pause_at: pause_at(project),
     };
-    // Any failure here (compose's own wait timing out, a container exiting) counts as unhealthy.
-    let healthy = server.run(&up(sha)).is_ok();
-    let record = |action: Action, sha: &str, outcome: Outcome, seconds: u64| -> Result<()> {
-        let digest = server.read(&layout.digest(sha))?;
-        let digest = if plan.is_dry_run() { "<digest>".to_string() } else { digest };
-        let entry = Entry { action, sha: sha.into(), digest, outcome, seconds, who: who.clone() };
-        server.run(&layout.record(&entry))
-    };
-    if healthy {
-        record(action, sha, Outcome::Ok, started.elapsed().as_secs())?;
+    let script = layout.switch_script(&switch);
+    plan.note(&format!(
+        "switch current to {sha} and wait up to {timeout} s for it to be healthy, by this script ({SWITCH_SCRIPT}):\n{}",
+        script.trim_end()
+    ));
+    server.run_with_input(
+        &format!(
+            "cat > {SWITCH_SCRIPT}.new && mv {SWITCH_SCRIPT}.new {SWITCH_SCRIPT} && rm -f {SWITCH_RESULT} {SWITCH_BOT_LOGS}"
+        ),
+        script.as_bytes(),
+    )?;
+    let pid = lock.detach(plan)?;
+    // Follows the script's output until it exits; a dead connection here does not stop it.
+    server.run(&format!("tail -n +1 --pid={pid} -f {SWITCH_LOG}"))?;
+    let result = server.read(&format!("cat {SWITCH_RESULT} 2>/dev/null || echo none"))?;
+    if plan.is_dry_run() {
         return Ok(());
     }
-    let logs = server
-        .read(&format!(
-            "{} 2>&1 | tail -n 40",
-            layout.compose(sha, &["logs", "--no-color", "--tail", "40", "bot"])
-        ))
-        .unwrap_or_default();
-    record(action, sha, Outcome::Unhealthy, started.elapsed().as_secs())?;
-    let back = match previous.filter(|p| *p != sha) {
-        Some(previous) => {
-            plan.note(&format!("{sha} is not healthy: switching back to {previous}"));
-            let back_started = Instant::now();
-            if server.run(&up(previous)).is_ok() {
-                record(Action::SwitchBack, previous, Outcome::Ok, back_started.elapsed().as_secs())?;
-                format!("switched back to {previous}, which serves again")
-            } else {
-                record(Action::SwitchBack, previous, Outcome::Unhealthy, back_started.elapsed().as_secs())?;
-                format!("switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`")
-            }
-        }
-        None => "there is no previous release to switch back to".to_string(),
+    let back = match (result.trim(), previous) {
+        ("healthy", _) => return Ok(()),
+        ("back-ok", Some(previous)) => format!("switched back to {previous}, which serves again"),
+        ("back-unhealthy", Some(previous)) => format!(
+            "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
+        ),
+        ("no-previous", _) => "there is no previous release to switch back to".to_string(),
+        (other, _) => bail!(
+            "the switch script on the server ended without a result ({other:?}): read {root}/{SWITCH_LOG} there, \
+             then `cargo xtask status`",
+            root = layout.root
+        ),
     };
+    let logs = server.read(&format!("tail -n 40 {SWITCH_BOT_LOGS} 2>/dev/null || true")).unwrap_or_default();
     bail!("{sha} did not become healthy within {timeout} s; {back}. Its last log lines:\n{logs}")
+}
+
+/// The test hook `LATTICE_TEST_PAUSE_AT=pulled|migrate|switch|health`: the deploy prints
+/// `lattice test pause: <step>` there and sleeps a few seconds, so an end-to-end test can kill it
+/// at that exact point. Unset in real use.
+pub fn pause_at(project: &Project) -> Option<String> {
+    project.env.get("LATTICE_TEST_PAUSE_AT").map(str::to_string)
 }
 
 /// Removes release directories (and their images) beyond `releases_kept`, never `current` nor the
@@ -441,6 +472,9 @@ pub(crate) mod tests {
             "ln -sfn releases/0123456789abcdef0123456789abcdef01234567 current.new && mv -T current.new current",
             "up --detach --wait --wait-timeout 90",
             ">> deploys.log",
+            "setsid nohup sh .switch.sh",
+            "tail -n +1 --pid=<pid> -f .switch.log",
+            "cat .switch.result",
             "ls -1 releases",
         ];
         let mut at = 0;

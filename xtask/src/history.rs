@@ -40,40 +40,6 @@ impl Outcome {
     }
 }
 
-/// One history line, without its time (the server stamps it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub action: Action,
-    pub sha: String,
-    pub digest: String,
-    pub outcome: Outcome,
-    pub seconds: u64,
-    pub who: String,
-}
-
-impl Entry {
-    /// Everything after the time, as written.
-    pub fn fields(&self) -> String {
-        let clean = |s: &str| {
-            let s: String = s.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
-            if s.is_empty() {
-                "-".to_string()
-            } else {
-                s
-            }
-        };
-        format!(
-            "{} {} {} {} {}s {}",
-            self.action.as_str(),
-            clean(&self.sha),
-            clean(&self.digest),
-            self.outcome.as_str(),
-            self.seconds,
-            clean(&self.who)
-        )
-    }
-}
-
 /// A line read back from `deploys.log`. Unknown actions and results are kept as text, so an older
 /// or newer xtask can read the same file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,23 +112,6 @@ mod tests {
 
     fn line(action: &str, sha: &str, result: &str) -> String {
         format!("2026-01-01T00:00:00Z {action} {sha} r@sha256:x {result} 3s ci@gh\n")
-    }
-
-    #[test]
-    fn an_entry_reads_back_as_written() {
-        let entry = Entry {
-            action: Action::SwitchBack,
-            sha: "abc1234".into(),
-            digest: "".into(),
-            outcome: Outcome::Ok,
-            seconds: 12,
-            who: "ann on laptop".into(),
-        };
-        let lines = parse(&format!("2026-01-01T00:00:00Z {}\n", entry.fields()));
-        assert_eq!(lines.len(), 1);
-        let l = &lines[0];
-        assert_eq!((l.action.as_str(), l.sha.as_str(), l.digest.as_str()), ("switch-back", "abc1234", "-"));
-        assert_eq!((l.result.as_str(), l.seconds.as_str(), l.who.as_str()), ("ok", "12s", "ann_on_laptop"));
     }
 
     #[test]

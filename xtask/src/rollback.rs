@@ -44,7 +44,7 @@ impl flags::Rollback {
         }
         server.connect()?;
         let holder = format!("{} rollback {}", who(&project.env), self.sha.as_deref().unwrap_or("previous"));
-        let _lock = server.lock(&holder, self.lock_wait)?;
+        let mut lock = server.lock(&holder, self.lock_wait)?;
         let now = current(&server)?;
         let log = server.read(&format!("cat {HISTORY} 2>/dev/null || true"))?;
         let listed = server.read("ls -1 releases 2>/dev/null || true")?;
@@ -71,7 +71,7 @@ impl flags::Rollback {
         if let Some(now) = now.as_deref() {
             schema_check(&server, &layout, &target, now, self.force)?;
         }
-        switch_to(&server, project, &target, now.as_deref(), Action::Rollback, started)
+        switch_to(&server, &mut lock, project, &target, now.as_deref(), Action::Rollback, started)
             .with_context(|| format!("rollback to {target}"))?;
         if !plan.is_dry_run() {
             println!("rolled back to {target}: healthy after {} s", started.elapsed().as_secs());
@@ -176,11 +176,20 @@ fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, f
         .map(|v| v.to_string())
         .collect();
     if blocking.is_empty() {
+        let newer: Vec<String> =
+            versions(&applied).iter().filter(|v| **v > head).map(|v| v.to_string()).collect();
+        if !newer.is_empty() {
+            eprintln!(
+                "schema: the database has migrations {} newer than {target} knows (up to {head}); each is declared \
+                 backward-compatible, so the rollback goes ahead",
+                newer.join(", ")
+            );
+        }
         return Ok(());
     }
     if force {
         eprintln!(
-            "warning: rolling back to {target} (schema {head}) although the database has migrations {} it does not know \
+            "WARNING (--force): rolling back to {target} (schema {head}) although the database has migrations {} it does not know \
              and that are not declared backward-compatible (--force)",
             blocking.join(", ")
         );

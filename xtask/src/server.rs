@@ -12,7 +12,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    process::Child,
+    process::{Child, ChildStdout},
 };
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +21,7 @@ use xshell::{cmd, Cmd, TempDir};
 use crate::{
     compose::Stack,
     env::{Env, APP_VARS, SSH_VARS},
-    history::Entry,
+    history::{Action, Outcome},
     plan::Plan,
     project::Project,
     settings::Settings,
@@ -30,6 +30,12 @@ use crate::{
 pub const HISTORY: &str = "deploys.log";
 pub const LOCK: &str = ".lock";
 pub const LOCK_HOLDER: &str = ".lock.holder";
+/// The switch script a deploy or rollback uploads and starts detached, its output, its result
+/// (`healthy`, `back-ok`, `back-unhealthy`, `no-previous`) and the failing container's last logs.
+pub const SWITCH_SCRIPT: &str = ".switch.sh";
+pub const SWITCH_LOG: &str = ".switch.log";
+pub const SWITCH_RESULT: &str = ".switch.result";
+pub const SWITCH_BOT_LOGS: &str = ".switch.bot-logs";
 
 /// Quotes one word for a POSIX shell: the remote side parses every ssh command line again.
 pub fn shell_quote(word: &str) -> String {
@@ -143,12 +149,94 @@ impl Layout {
         )
     }
 
-    /// Appends one line to the history; the time is the server's.
-    pub fn record(&self, entry: &Entry) -> String {
-        format!(
-            "printf '%s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" {} >> {HISTORY}",
-            shell_quote(&entry.fields())
-        )
+    /// The switch script: point `current` at `switch.sha`, bring it up and wait until healthy,
+    /// record the outcome; unhealthy → keep the container's last log lines, switch back to the
+    /// previous release and record that too. It runs detached on the server holding the lock, so a
+    /// dead client cannot leave `current` and the running containers apart. Its last act is writing
+    /// the result file.
+    pub fn switch_script(&self, switch: &Switch) -> String {
+        let timeout = switch.timeout_secs.to_string();
+        let up = |sha: &str| {
+            self.compose(sha, &["up", "--detach", "--wait", "--wait-timeout", &timeout, "--remove-orphans"])
+        };
+        let pause = |step: &str| {
+            if switch.pause_at.as_deref() == Some(step) {
+                format!("echo 'lattice test pause: {step}'\nsleep 5\n")
+            } else {
+                String::new()
+            }
+        };
+        let result =
+            |r: &str| format!("echo {r} > {SWITCH_RESULT}.new && mv {SWITCH_RESULT}.new {SWITCH_RESULT}");
+        let sha = &switch.sha;
+        let mut s = format!(
+            "# Written by cargo xtask; runs detached (setsid nohup) and holds the deploy lock.\n\
+             set -u\n\
+             start=$(date +%s)\n\
+             record() {{\n  \
+               d=$(docker image inspect --format '{{{{index .RepoDigests 0}}}}' \"$3\" 2>/dev/null) || d=-\n  \
+               printf '%s %s %s %s %s %ss %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"${{d:--}}\" \"$4\" \
+             \"$(( $5 + $(date +%s) - start ))\" {who} >> {HISTORY}\n\
+             }}\n\
+             echo 'switch current to {sha}'\n\
+             {switch}\n\
+             {pause_switch}",
+            who = shell_quote(&switch.who.replace(char::is_whitespace, "_")),
+            switch = self.switch(sha),
+            pause_switch = pause("switch"),
+        );
+        if switch.pause_at.as_deref() == Some("health") {
+            s.push_str(&self.compose(sha, &["up", "--detach", "--remove-orphans"]));
+            s.push('\n');
+            s.push_str(&pause("health"));
+        }
+        s.push_str(&format!(
+            "echo 'wait up to {timeout} s for {sha} to be healthy'\n\
+             if {up_new}; then\n  \
+               record {action} {sha_q} {image} {ok} {elapsed}\n  \
+               {healthy}\n  \
+               exit 0\n\
+             fi\n\
+             {logs} > {SWITCH_BOT_LOGS} 2>&1\n\
+             record {action} {sha_q} {image} {unhealthy} {elapsed}\n",
+            sha_q = shell_quote(sha),
+            up_new = up(sha),
+            action = switch.action.as_str(),
+            ok = Outcome::Ok.as_str(),
+            unhealthy = Outcome::Unhealthy.as_str(),
+            image = shell_quote(&self.image(sha)),
+            elapsed = switch.elapsed_secs,
+            healthy = result("healthy"),
+            logs = self.compose(sha, &["logs", "--no-color", "--tail", "40", "bot"]),
+        ));
+        match switch.previous.as_deref().filter(|p| p != sha) {
+            Some(previous) => s.push_str(&format!(
+                "echo '{sha} is not healthy: switching back to {previous}'\n\
+                 start=$(date +%s)\n\
+                 {switch}\n\
+                 if {up_previous}; then\n  \
+                   record {back} {previous_q} {image} {ok} 0\n  \
+                   {back_ok}\n\
+                 else\n  \
+                   record {back} {previous_q} {image} {unhealthy} 0\n  \
+                   {back_unhealthy}\n\
+                 fi\n",
+                switch = self.switch(previous),
+                up_previous = up(previous),
+                back = Action::SwitchBack.as_str(),
+                previous_q = shell_quote(previous),
+                ok = Outcome::Ok.as_str(),
+                unhealthy = Outcome::Unhealthy.as_str(),
+                image = shell_quote(&self.image(previous)),
+                back_ok = result("back-ok"),
+                back_unhealthy = result("back-unhealthy"),
+            )),
+            None => {
+                s.push_str(&result("no-previous"));
+                s.push('\n');
+            }
+        }
+        s
     }
 
     /// The image digest (`repo@sha256:…`) of a release's image on the server, or `-`.
@@ -158,6 +246,21 @@ impl Layout {
             shell_quote(&self.image(sha))
         )
     }
+}
+
+/// What the switch script does: which release, from which, as what, how long to wait.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub sha: String,
+    pub previous: Option<String>,
+    /// `deploy` or `rollback`, as the history writes it.
+    pub action: Action,
+    pub timeout_secs: u64,
+    pub who: String,
+    /// Seconds the command ran before the switch, added to the recorded duration.
+    pub elapsed_secs: u64,
+    /// Test hook (`LATTICE_TEST_PAUSE_AT=switch|health`): print a marker and sleep 5 s there.
+    pub pause_at: Option<String>,
 }
 
 /// One open SSH connection to the server. Every remote step goes through [`Server::run`],
@@ -300,14 +403,20 @@ impl<'p, 'a> Server<'p, 'a> {
     }
 
     /// Takes the deploy lock, held by a background ssh session for as long as the returned guard
-    /// lives: if this process dies, its ssh session ends and the lock is released with it.
+    /// lives: if this process dies, its ssh session ends and the lock is released with it — unless
+    /// the session has started the switch script ([`Lock::detach`]), which inherits the lock and
+    /// keeps it until the switch is finished and recorded.
     pub fn lock(&self, holder: &str, wait: Option<u64>) -> Result<Lock> {
         let wait_flag = match wait {
             Some(secs) => format!("-w {secs}"),
             None => "-n".to_string(),
         };
+        // The script starts in a subshell so that init, not this shell, becomes its parent and
+        // reaps it: a zombie would keep `tail --pid` following its log forever.
         let inner = format!(
-            "printf '%s since %s\\n' {} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {LOCK_HOLDER}; echo locked; exec cat >/dev/null",
+            "printf '%s since %s\\n' {} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {LOCK_HOLDER}; echo locked; \
+             while read -r line; do if test \"$line\" = detach; then : > {SWITCH_LOG}; \
+             (setsid nohup sh {SWITCH_SCRIPT} >> {SWITCH_LOG} 2>&1 < /dev/null & echo \"started $!\"); fi; done",
             shell_quote(holder)
         );
         let script = format!(
@@ -316,14 +425,15 @@ impl<'p, 'a> Server<'p, 'a> {
             inner = shell_quote(&inner),
         );
         let Some(mut child) = self.plan.spawn(self.ssh(&script))? else {
-            return Ok(Lock { child: None });
+            return Ok(Lock { child: None, out: None });
         };
         let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
+        let mut out = child.stdout.take().map(BufReader::new);
+        if let Some(out) = out.as_mut() {
+            out.read_line(&mut line)?;
         }
         if line.trim() == "locked" {
-            return Ok(Lock { child: Some(child) });
+            return Ok(Lock { child: Some(child), out });
         }
         let status = child.wait()?;
         if status.code() == Some(75) {
@@ -333,8 +443,10 @@ impl<'p, 'a> Server<'p, 'a> {
             let waited = wait.map(|s| format!(" after waiting {s} s")).unwrap_or_default();
             bail!(
                 "the server is locked by another deploy{waited}: {holder}. Wait for it to finish, or pass \
-                 --lock-wait SECS. (The lock is held by that deploy's ssh session and is released when it ends; \
-                 if no deploy is running, find the stuck session with `fuser -v {root}/{LOCK}` on the server.)",
+                 --lock-wait SECS. (The lock lives as long as that deploy's ssh session, or its switch script \
+                 {root}/{SWITCH_SCRIPT} once started, which always ends after the health wait: \
+                 {root}/{SWITCH_LOG} shows its progress. A lock never outlives them; if no deploy is running and \
+                 the lock is still held, `fuser -v {root}/{LOCK}` on the server names the stuck process to stop.)",
                 holder = holder.trim(),
                 root = self.layout.root,
             );
@@ -370,10 +482,39 @@ impl Drop for Server<'_, '_> {
     }
 }
 
-/// The held deploy lock. Dropping it closes the remote `cat`'s stdin, which ends the session and
-/// releases the `flock`.
+/// The held deploy lock. Dropping it closes the remote shell's stdin, which ends the session and
+/// releases the `flock` (a detached switch script still running keeps it until it ends).
 pub struct Lock {
     child: Option<Child>,
+    out: Option<BufReader<ChildStdout>>,
+}
+
+impl Lock {
+    /// Starts the uploaded switch script from the lock's own session, detached (`setsid nohup`,
+    /// output to the switch log): it inherits the locked file descriptor, so the lock is held until
+    /// the script has finished, even if this process or its connection dies. Returns its pid.
+    pub fn detach(&mut self, plan: &Plan) -> Result<String> {
+        plan.note(&format!(
+            "in the lock's session: setsid nohup sh {SWITCH_SCRIPT} >> {SWITCH_LOG} 2>&1 < /dev/null & \
+             (detached from this connection; it inherits the lock)"
+        ));
+        let (Some(child), Some(out)) = (self.child.as_mut(), self.out.as_mut()) else {
+            return Ok("<pid>".into());
+        };
+        let stdin = child.stdin.as_mut().context("the lock session has no stdin")?;
+        stdin.write_all(b"detach\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let pid = line.trim().strip_prefix("started ").unwrap_or("").to_string();
+        if pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
+            bail!(
+                "the server did not start the switch script (it answered {:?}); nothing was switched",
+                line.trim()
+            );
+        }
+        Ok(pid)
+    }
 }
 
 impl Drop for Lock {
@@ -449,6 +590,67 @@ mod tests {
         assert_eq!(shell_quote("$HOME"), "'$HOME'");
         assert_eq!(shell_quote("it's"), r#"'it'\''s'"#);
         assert_eq!(shell_words(&["echo", "a;b", "c"]), "echo 'a;b' c");
+    }
+
+    /// Runs the switch script in a temp dir with a fake `docker` whose `up` succeeds for the
+    /// releases in `healthy`; returns the history as parsed, the result file and `current`.
+    fn run_switch(previous: Option<&str>, healthy: &[&str]) -> (Vec<crate::history::Line>, String, String) {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let ok: Vec<String> = healthy.iter().map(|s| format!("*releases/{s}/*up*) exit 0 ;;")).collect();
+        let fake = format!(
+            "#!/bin/sh\ncase \"$*\" in\n*inspect*) echo reg/bot@sha256:abc ;;\n*logs*) echo 'panic: no gateway' ;;\n{}\n*up*) exit 1 ;;\nesac\n",
+            ok.join("\n")
+        );
+        std::fs::write(bin.join("docker"), fake).unwrap();
+        std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let layout = Layout::new(&Settings::default());
+        let script = layout.switch_script(&Switch {
+            sha: "bbbbbbb".into(),
+            previous: previous.map(str::to_string),
+            action: Action::Deploy,
+            timeout_secs: 5,
+            who: "ann on laptop".into(),
+            elapsed_secs: 7,
+            pause_at: None,
+        });
+        std::fs::write(d.join(SWITCH_SCRIPT), script).unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let _d = sh.push_dir(d);
+        cmd!(sh, "sh {SWITCH_SCRIPT}").env("PATH", path).quiet().ignore_stdout().run().unwrap();
+        let log = std::fs::read_to_string(d.join(HISTORY)).unwrap();
+        let result = std::fs::read_to_string(d.join(SWITCH_RESULT)).unwrap().trim().to_string();
+        let current = std::fs::read_link(d.join("current")).unwrap().display().to_string();
+        (crate::history::parse(&log), result, current)
+    }
+
+    #[test]
+    fn the_switch_script_records_a_healthy_switch() {
+        let (lines, result, current) = run_switch(Some("aaaaaaa"), &["bbbbbbb"]);
+        assert_eq!((result.as_str(), current.as_str()), ("healthy", "releases/bbbbbbb"));
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert_eq!(
+            (l.action.as_str(), l.sha.as_str(), l.digest.as_str()),
+            ("deploy", "bbbbbbb", "reg/bot@sha256:abc")
+        );
+        assert_eq!(l.result, "ok");
+        assert!(l.seconds.starts_with('7') && l.seconds.ends_with('s'), "{}", l.seconds);
+        assert_eq!(l.who, "ann_on_laptop");
+    }
+
+    #[test]
+    fn the_switch_script_switches_back_when_unhealthy_and_records_both() {
+        let (lines, result, current) = run_switch(Some("aaaaaaa"), &["aaaaaaa"]);
+        assert_eq!((result.as_str(), current.as_str()), ("back-ok", "releases/aaaaaaa"));
+        let got: Vec<(&str, &str, &str)> =
+            lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
+        assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
+        let (_, result, current) = run_switch(None, &[]);
+        assert_eq!((result.as_str(), current.as_str()), ("no-previous", "releases/bbbbbbb"));
     }
 
     #[test]
