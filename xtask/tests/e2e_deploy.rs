@@ -8,8 +8,15 @@
 //! commit B (adds a migration) with `release` → healthy; `rollback` → A serves again;
 //! `rollback --sha B` → B; the history lists the four. Then deploy safety: a held lock, a failing
 //! migration (C), an unhealthy release switched back (D), a rollback refused below the database's
-//! schema (E). Every byte of output, the containers' logs and the server's files (but `.env`) are
-//! scanned for the secret values.
+//! schema (E) and allowed with --force (allowed without it when the newer migrations are declared
+//! backward-compatible, A below B); `--lock-wait` waiting for a holder and giving up naming it;
+//! bad input (malformed sha, no image, unknown rollback sha, missing variables, unreachable host,
+//! wrong host key, broken overlay), each refused with the server unchanged; a deploy killed
+//! (SIGKILL of its process group) after pull, during migrate, during switch and during the health
+//! wait, each leaving one consistent release running and the lock free, and each completed by
+//! running the same deploy again. Releases past E are E's image retagged: no further builds.
+//! Every byte of output, the containers' logs and the server's files (but `.env`) are scanned for
+//! the secret values.
 //!
 //! Needs root (it creates the server's ssh user), `openssh-server` and `docker-registry`.
 
@@ -347,6 +354,8 @@ impl Harness {
             &format!("label=com.docker.compose.project={}", self.project),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
         ]));
         assert_eq!(id.lines().count(), 1, "expected one running {service} container, found: {id:?}");
         id
@@ -383,6 +392,125 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Runs the xtask in its own process group with `LATTICE_TEST_PAUSE_AT=<step>`, and kills the
+    /// whole group (the xtask and its ssh clients) with SIGKILL as soon as it prints the pause
+    /// marker of that step. Returns everything it printed.
+    fn xtask_killed_at(&mut self, args: &[&str], step: &str) -> String {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args)
+            .current_dir(&self.clone)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
+            cmd.env_remove(name);
+        }
+        cmd.env("LATTICE_IMAGE", &self.image)
+            .env("LATTICE_DEPLOY_PATH", &self.deploy_path)
+            .env("LATTICE_COMPOSE_PROJECT", &self.project)
+            .env("LATTICE_TEST_PAUSE_AT", step)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let readers: Vec<_> = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|pipe| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            })
+        })
+        .collect();
+        drop(tx);
+        let marker = format!("lattice test pause: {step}");
+        let mut text = String::new();
+        let mut killed = false;
+        for line in rx.iter() {
+            text.push_str(&line);
+            text.push('\n');
+            // The whole line: the printed plan quotes the marker inside its commands.
+            if !killed && line.trim() == marker {
+                run(Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]));
+                killed = true;
+            }
+        }
+        let status = child.wait().unwrap();
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        self.transcript.push_str(&format!("$ cargo xtask {} (killed at {step})\n{text}\n", args.join(" ")));
+        assert!(killed, "the xtask never reached the pause at {step} ({status}):\n{text}");
+        text
+    }
+
+    /// Waits (bounded) until nobody holds the deploy lock: a detached switch script may still run.
+    fn wait_for_free_lock(&self) {
+        let lock = self.home.join(&self.deploy_path).join(".lock");
+        run(Command::new("flock").args(["-w", "300"]).arg(&lock).arg("true"));
+    }
+
+    /// The server runs exactly one consistent release: one bot container, healthy, running the image
+    /// `current/release.env` names; every history line is complete. Returns the current sha.
+    fn assert_consistent(&self) -> String {
+        let current = std::fs::read_link(self.home.join(&self.deploy_path).join("current")).unwrap();
+        let sha = current.to_string_lossy().trim_start_matches("releases/").to_string();
+        let release_env = self.server_file("current/release.env");
+        let bot = self.container("bot");
+        assert_eq!(
+            format!("BOT_IMAGE={}", self.inspect(&bot, "{{.Config.Image}}")),
+            release_env.trim(),
+            "the running bot is not the release `current` points at"
+        );
+        assert_eq!(self.inspect(&bot, "{{.State.Health.Status}}"), "healthy");
+        for line in self.server_file("deploys.log").lines() {
+            assert_eq!(line.split_whitespace().count(), 7, "incomplete history line: {line:?}");
+        }
+        sha
+    }
+
+    /// The server's state a refused command must leave alone.
+    fn server_snapshot(&self) -> (String, Option<PathBuf>, Vec<String>) {
+        let root = self.home.join(&self.deploy_path);
+        let mut releases: Vec<String> = std::fs::read_dir(root.join("releases"))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        releases.sort();
+        (self.server_file("deploys.log"), std::fs::read_link(root.join("current")).ok(), releases)
+    }
+
+    /// A new commit whose image is `from` retagged and pushed: a release without a build.
+    fn retagged_release(&self, from: &str, name: &str) -> String {
+        std::fs::write(self.clone.join("e2e-release.txt"), format!("{name}\n")).unwrap();
+        self.git(&["add", "e2e-release.txt"]);
+        self.git(&["commit", "--quiet", "-m", name]);
+        let sha = self.git(&["rev-parse", "HEAD"]);
+        let image = format!("{}:{sha}", self.image);
+        run(Command::new("docker").args(["tag", from, &image]));
+        run(Command::new("docker").args(["push", "--quiet", &image]));
+        sha
+    }
+
+    /// Runs a command that must be refused before the server changes; returns its output.
+    fn refused(&mut self, args: &[&str], extra: &[(&str, &str)], says: &str) -> String {
+        let before = self.server_snapshot();
+        let out = self.xtask_with(args, extra);
+        let text = show(&out);
+        assert!(!out.status.success(), "cargo xtask {} was not refused:\n{text}", args.join(" "));
+        assert!(text.contains(says), "cargo xtask {} does not say {says:?}:\n{text}", args.join(" "));
+        assert_eq!(self.server_snapshot(), before, "cargo xtask {} changed the server", args.join(" "));
+        text
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let label = format!("label=com.docker.compose.project={}", self.project);
@@ -396,6 +524,9 @@ impl Drop for Harness {
         let _ = Command::new("docker").args(["rm", "-f", &self.standin]).output();
         let _ = Command::new("docker")
             .args(["rmi", "--no-prune", &format!("lattice-e2e-standin:{}", std::process::id())])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rmi", "--no-prune", &format!("lattice-e2e-base:{}", std::process::id())])
             .output();
         let _ = Command::new("docker").args(["volume", "rm", &format!("{}_pgdata", self.project)]).output();
         let _ = Command::new("docker").args(["network", "rm", &format!("{}_default", self.project)]).output();
@@ -537,8 +668,13 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     assert_eq!(h.applied_schema_head(), head_b.to_string(), "B's migration is applied");
 
     // Rollback without a sha: the previous good release, A, with its own files; no pull, no build.
+    // B's migration is declared backward-compatible, so going back below it is allowed, saying why.
     let rolled = h.xtask_ok(&["rollback"]);
     assert!(!rolled.contains("Pulled"), "rollback pulled although the image was on the server:\n{rolled}");
+    assert!(
+        rolled.contains(&format!("migrations {head_b} newer than {sha_a} knows (up to {head_a}); each is declared backward-compatible")),
+        "{rolled}"
+    );
     h.assert_serving(&sha_a);
     h.xtask_ok(&["rollback", "--sha", &sha_b]);
     h.assert_serving(&sha_b);
@@ -638,8 +774,121 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     );
     assert!(text.contains("--force"), "{text}");
     h.assert_serving(&sha_e);
-    h.xtask_ok(&["rollback", "--sha", &sha_b, "--force"]);
+    let forced = h.xtask_ok(&["rollback", "--sha", &sha_b, "--force"]);
+    assert!(forced.contains(&format!("WARNING (--force): rolling back to {sha_b}")), "{forced}");
     h.assert_serving(&sha_b);
+
+    // --lock-wait: a deploy waits for the holder, then proceeds; with a shorter bound it gives up
+    // naming the holder.
+    let mut other = h.hold_lock("bob@ci deploy 7654321");
+    let text = h.refused(
+        &["deploy", "--sha", &sha_e, "--lock-wait", "2"],
+        &[],
+        "locked by another deploy after waiting 2 s: bob@ci deploy 7654321 since",
+    );
+    assert!(text.contains("--lock-wait"), "{text}");
+    let waiter = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(["deploy", "--sha", &sha_e, "--lock-wait", "120"])
+            .current_dir(&h.clone)
+            .stdin(Stdio::null());
+        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
+            cmd.env_remove(name);
+        }
+        cmd.env("LATTICE_IMAGE", &h.image)
+            .env("LATTICE_DEPLOY_PATH", &h.deploy_path)
+            .env("LATTICE_COMPOSE_PROJECT", &h.project)
+            .envs(h.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    h.assert_serving(&sha_b);
+    drop(other.stdin.take());
+    other.wait().unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    h.transcript.push_str(&format!("$ cargo xtask deploy --sha {sha_e} --lock-wait 120\n{}\n", show(&out)));
+    assert!(out.status.success(), "the waiting deploy did not proceed:\n{}", show(&out));
+    h.assert_serving(&sha_e);
+
+    // Bad input: each refused before the server changes, saying what to do.
+    h.refused(
+        &["deploy", "--sha", "xyz-not-hex"],
+        &[],
+        "is not a git sha: expected 7 to 40 lowercase hex digits",
+    );
+    std::fs::write(h.clone.join("e2e-release.txt"), "never built\n").unwrap();
+    h.git(&["add", "e2e-release.txt"]);
+    h.git(&["commit", "--quiet", "-m", "G: a commit with no image"]);
+    let sha_g = h.git(&["rev-parse", "HEAD"]);
+    h.refused(&["deploy", "--sha", &sha_g], &[], "is not in the registry: build and push it first");
+    h.refused(&["rollback", "--sha", &sha_g], &[], &format!("{sha_g} is not a release on the server"));
+    let text = h.refused(
+        &["deploy", "--sha", &sha_e],
+        &[("SSH_USER", ""), ("SSH_PRIVATE_KEY", "")],
+        "missing environment variables: SSH_USER, SSH_PRIVATE_KEY",
+    );
+    assert!(text.contains("nothing on the server was touched"), "{text}");
+    h.refused(
+        &["deploy", "--sha", &sha_e],
+        &[("SSH_PORT", "1")],
+        "cannot reach lattice-deploy@127.0.0.1 on port 1",
+    );
+    h.refused(
+        &["deploy", "--sha", &sha_e],
+        &[("SSH_KNOWN_HOSTS", &wrong)],
+        "SSH_KNOWN_HOSTS does not hold this server's key",
+    );
+    let prod = h.clone.join("compose/prod.yml");
+    let good_prod = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(&prod, format!("{good_prod}\nservices:\n  bot: [this is not a service]\n")).unwrap();
+    h.git(&["commit", "--quiet", "-am", "H: a broken prod overlay"]);
+    let sha_h = h.git(&["rev-parse", "HEAD"]);
+    h.refused(&["deploy", "--sha", &sha_h], &[], &format!("the compose overlays of {sha_h} are not valid"));
+    std::fs::write(&prod, &good_prod).unwrap();
+    h.git(&["commit", "--quiet", "-am", "back to a valid prod overlay"]);
+    h.assert_serving(&sha_e);
+
+    // Interrupted deploys: the xtask (and its ssh clients) killed at each step boundary. The
+    // server is left running exactly one consistent release, and the same deploy then completes.
+    let base = format!("lattice-e2e-base:{}", std::process::id());
+    run(Command::new("docker").args(["tag", &format!("{}:{sha_e}", h.image), &base]));
+    for step in ["pulled", "migrate", "switch", "health"] {
+        let before = h.assert_consistent();
+        let sha = h.retagged_release(&base, &format!("F: interrupted at {step}"));
+        h.xtask_killed_at(&["deploy", "--sha", &sha], step);
+        h.wait_for_free_lock();
+        let now = h.assert_consistent();
+        let history = h.history();
+        if step == "pulled" || step == "migrate" {
+            assert_eq!(now, before, "killed before the switch, yet current moved");
+            assert!(
+                !history.iter().any(|(_, s, _)| *s == sha),
+                "a release that never switched is in the history"
+            );
+            // The lock died with the killed deploy.
+            let status = h.xtask_ok(&["status"]);
+            assert!(status.contains("lock:     free"), "a killed deploy left the lock held:\n{status}");
+        } else {
+            // The switch runs detached on the server: it finished and recorded itself.
+            assert_eq!(
+                now,
+                sha,
+                "the detached switch did not complete; its log:\n{}",
+                h.server_file(".switch.log")
+            );
+            assert_eq!(
+                history.last().unwrap(),
+                &entry("deploy", &sha, "ok"),
+                "history:\n{}",
+                h.server_file("deploys.log")
+            );
+        }
+        h.xtask_ok(&["deploy", "--sha", &sha, "--lock-wait", "120"]);
+        h.assert_serving(&sha);
+        h.assert_consistent();
+    }
 
     // The secret scan: every byte the xtask printed, the containers' logs, the server's files.
     let mut haystack = h.transcript.clone();
