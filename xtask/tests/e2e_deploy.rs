@@ -741,7 +741,8 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     let text = show(&out);
     assert!(!out.status.success(), "an unhealthy release succeeded:\n{text}");
     assert!(text.contains(&format!("switched back to {sha_b}, which serves again")), "{text}");
-    assert!(text.contains("last log lines"), "{text}");
+    let last_lines = text.split("last log lines:").nth(1).unwrap_or("");
+    assert!(last_lines.lines().any(|l| l.contains("bot")), "no container log lines shown:\n{text}");
     h.assert_serving(&sha_b);
     let history = h.history();
     assert_eq!(
@@ -888,6 +889,11 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         h.xtask_ok(&["deploy", "--sha", &sha, "--lock-wait", "120"]);
         h.assert_serving(&sha);
         h.assert_consistent();
+    }
+
+    // LATTICE_E2E_TRANSCRIPT=<file> keeps every command and its output, to read what users see.
+    if let Ok(path) = std::env::var("LATTICE_E2E_TRANSCRIPT") {
+        std::fs::write(path, &h.transcript).unwrap();
     }
 
     // The secret scan: every byte the xtask printed, the containers' logs, the server's files.
