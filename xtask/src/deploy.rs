@@ -462,7 +462,7 @@ pub(crate) mod tests {
             "docker login --username bot --password-stdin ghcr.io",
             "docker manifest inspect ghcr.io/lattice-bot/lattice-bot:0123456789abcdef0123456789abcdef01234567",
             "config --quiet",
-            "ssh -F $TMP/config lattice-server true",
+            "ssh -F '$TMP/config' lattice-server true",
             ".env",
             "flock -n -E 75 .lock",
             "releases/0123456789abcdef0123456789abcdef01234567/base.yml.new",

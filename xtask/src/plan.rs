@@ -47,7 +47,7 @@ impl<'a> Plan<'a> {
     }
 
     fn record(&self, cmd: &Cmd<'_>) -> String {
-        let line = cmd.to_string();
+        let line = shell_words(&display_words(&cmd.to_string()));
         self.steps.borrow_mut().push(line.clone());
         if self.dry_run {
             println!("$ {line}");
@@ -141,6 +141,68 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Quotes one word for a POSIX shell, so that a printed plan can be pasted into one (and so that
+/// a remote command line, which the server's shell parses again, means what it says).
+pub fn shell_quote(word: &str) -> String {
+    let plain =
+        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r#"'\''"#))
+    }
+}
+
+/// Quotes and joins words into one shell command line.
+pub fn shell_words<S: AsRef<str>>(words: &[S]) -> String {
+    words.iter().map(|w| shell_quote(w.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+/// The words of a command as xshell displays it: plain words, and words holding white space in
+/// double quotes with Rust's `escape_default` escapes (readable, but not what a shell expects).
+fn display_words(display: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = display.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else { break };
+        let mut word = String::new();
+        if first == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => word.push('\n'),
+                        Some('t') => word.push('\t'),
+                        Some('r') => word.push('\r'),
+                        Some('u') => {
+                            let hex: String =
+                                chars.by_ref().skip_while(|&c| c == '{').take_while(|&c| c != '}').collect();
+                            word.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
+                        }
+                        Some(other) => word.push(other),
+                        None => {}
+                    },
+                    c => word.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +222,24 @@ mod tests {
             plan.steps(),
             vec!["# make a file".to_string(), format!("touch {}", file.display()), "echo hi".into()]
         );
+    }
+
+    #[test]
+    fn printed_steps_are_what_a_shell_would_run() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, true);
+        let remote = "cd app && printf '%s\\n' \"$(date)\" >> log\tnext";
+        plan.run(cmd!(sh, "ssh host {remote}")).unwrap();
+        plan.run(cmd!(sh, "docker image inspect --format").args(["{{.Size}}", "x", "é ü"])).unwrap();
+        let steps = plan.steps();
+        assert_eq!(steps[0], format!("ssh host {}", shell_quote(remote)));
+        assert_eq!(steps[1], "docker image inspect --format '{{.Size}}' x 'é ü'");
+        // A real shell reads the printed line back into the very same words.
+        let out = cmd!(sh, "sh -c")
+            .arg(format!("for w in {}; do printf '[%s]' \"$w\"; done", &steps[0][9..]))
+            .read()
+            .unwrap();
+        assert_eq!(out, format!("[{remote}]"));
     }
 
     #[test]

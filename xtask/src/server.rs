@@ -37,21 +37,8 @@ pub const SWITCH_LOG: &str = ".switch.log";
 pub const SWITCH_RESULT: &str = ".switch.result";
 pub const SWITCH_BOT_LOGS: &str = ".switch.bot-logs";
 
-/// Quotes one word for a POSIX shell: the remote side parses every ssh command line again.
-pub fn shell_quote(word: &str) -> String {
-    let plain =
-        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r#"'\''"#))
-    }
-}
-
-/// Quotes and joins words into one remote command line.
-pub fn shell_words<S: AsRef<str>>(words: &[S]) -> String {
-    words.iter().map(|w| shell_quote(w.as_ref())).collect::<Vec<_>>().join(" ")
-}
+// The remote side parses every ssh command line again: quote deliberately.
+pub use crate::plan::{shell_quote, shell_words};
 
 /// Where the server is and how to reach it, from `SSH_*` variables. Problems are collected, not
 /// raised one by one, so preflight can list them all at once.
