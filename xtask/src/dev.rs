@@ -10,15 +10,11 @@
 //!     bot with the base + dev overlays, waits until they are healthy and shows the bot's /health. Without a real
 //!     DISCORD_TOKEN it adds the local Discord stand-in and the placeholder LLM, and says so.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::{compose::Stack, flags, plan::Plan, project::Project};
+use crate::{compose::Stack, flags, http, plan::Plan, project::Project};
 
 /// Seconds `up --wait` may take for containers to become healthy (the build comes before it).
 const WAIT_SECS: &str = "180";
@@ -46,8 +42,14 @@ impl flags::Dev {
             return Ok(());
         }
         let port = project.env.get("BOT_HTTP_PORT").unwrap_or("8080");
-        let health = http_get(&format!("127.0.0.1:{port}"), "/health")
-            .with_context(|| format!("the bot is up but http://127.0.0.1:{port}/health does not answer"))?;
+        let addr = format!("127.0.0.1:{port}");
+        let health = match http::request(&addr, "GET", "/health", None, Duration::from_secs(10)) {
+            Ok((200, body)) => body.trim().to_string(),
+            Ok((status, body)) => bail!("the bot is up but its /health answers {status}: {}", body.trim()),
+            Err(err) => {
+                return Err(err).context(format!("the bot is up but http://{addr}/health does not answer"))
+            }
+        };
         println!("bot healthy: http://127.0.0.1:{port}/health -> {health}");
         println!(
             "logs: cargo xtask logs -f    migrations: cargo xtask migrate    stop: cargo xtask dev --down"
@@ -57,19 +59,4 @@ impl flags::Dev {
         }
         Ok(())
     }
-}
-
-/// A plain HTTP/1.0 GET on loopback, enough to read the bot's /health without an HTTP client crate.
-pub fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        anyhow::bail!("{status}: {}", body.trim());
-    }
-    Ok(body.trim().to_string())
 }

@@ -11,6 +11,7 @@ mod doctor;
 mod env;
 mod flags;
 mod history;
+mod http;
 mod image;
 mod logs;
 mod migrate;

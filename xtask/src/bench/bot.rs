@@ -552,7 +552,10 @@ impl StandIn {
             temp.path().join(format!("{label}.log")),
         )?;
         let deadline = Instant::now() + START_DEADLINE;
-        while !matches!(http::request(&addr, "GET", "/health", None, Duration::from_secs(2)), Ok((200, _))) {
+        while !matches!(
+            crate::http::request(&addr, "GET", "/health", None, Duration::from_secs(2)),
+            Ok((200, _))
+        ) {
             if process.exited() || Instant::now() > deadline {
                 bail!("the Discord stand-in did not come up on {addr}:\n{}", process.log_tail());
             }
@@ -614,7 +617,8 @@ impl BotProcess {
 
     /// The `gateway` of `/health` (any status code), `None` while nothing answers.
     fn gateway(&self) -> Option<String> {
-        let (_, body) = http::request(&self.http, "GET", "/health", None, Duration::from_secs(5)).ok()?;
+        let (_, body) =
+            crate::http::request(&self.http, "GET", "/health", None, Duration::from_secs(5)).ok()?;
         let health = super::json::Json::parse(&body).ok()?;
         health.get("gateway").as_str().map(str::to_string)
     }
