@@ -5,10 +5,6 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Context, Result};
 
-/// Names whose values are secret: never printed, never put in argv.
-pub const SECRET_NAMES: &[&str] =
-    &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "SSH_PRIVATE_KEY", "REGISTRY_PASSWORD"];
-
 /// What the bot needs on the server; `cargo xtask secrets` writes these to the server's `.env`.
 pub const APP_VARS: &[&str] = &[
     "DISCORD_TOKEN",
@@ -90,12 +86,6 @@ impl Env {
 
     pub fn missing<'n>(&self, names: &[&'n str]) -> Vec<&'n str> {
         names.iter().copied().filter(|name| self.get(name).is_none()).collect()
-    }
-
-    /// Every secret value that is set: what an output scan must never find.
-    #[allow(dead_code)]
-    pub fn secret_values(&self) -> Vec<&str> {
-        SECRET_NAMES.iter().filter_map(|name| self.get(name)).collect()
     }
 }
 

@@ -29,6 +29,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+use common::{show, workspace};
+
 const SERVER_USER: &str = "lattice-deploy";
 const REGISTRY: &str = "127.0.0.1:5000";
 const SSH_PORT: u16 = 2222;
@@ -40,10 +43,6 @@ const SECRETS: &[(&str, &str)] = &[
     ("POSTGRES_PASSWORD", "e2e-postgres-pass-Hy77rTn"),
 ];
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
@@ -52,15 +51,6 @@ fn run(cmd: &mut Command) -> Output {
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
@@ -271,7 +261,8 @@ impl Harness {
         self.xtask_with(args, &[])
     }
 
-    fn xtask_with(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    /// The xtask in the clone, with the server's settings and nothing of the caller's registry.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
         cmd.args(args).current_dir(&self.clone).stdin(Stdio::null());
         for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
@@ -280,9 +271,12 @@ impl Harness {
         cmd.env("LATTICE_IMAGE", &self.image)
             .env("LATTICE_DEPLOY_PATH", &self.deploy_path)
             .env("LATTICE_COMPOSE_PROJECT", &self.project)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(extra.iter().copied());
-        let out = cmd.output().unwrap();
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn xtask_with(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let out = self.command(args).envs(extra.iter().copied()).output().unwrap();
         self.transcript.push_str(&format!("$ cargo xtask {}\n{}\n", args.join(" "), show(&out)));
         out
     }
@@ -788,22 +782,12 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         "locked by another deploy after waiting 2 s: bob@ci deploy 7654321 since",
     );
     assert!(text.contains("--lock-wait"), "{text}");
-    let waiter = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        cmd.args(["deploy", "--sha", &sha_e, "--lock-wait", "120"])
-            .current_dir(&h.clone)
-            .stdin(Stdio::null());
-        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
-            cmd.env_remove(name);
-        }
-        cmd.env("LATTICE_IMAGE", &h.image)
-            .env("LATTICE_DEPLOY_PATH", &h.deploy_path)
-            .env("LATTICE_COMPOSE_PROJECT", &h.project)
-            .envs(h.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    let waiter = h
+        .command(&["deploy", "--sha", &sha_e, "--lock-wait", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     h.assert_serving(&sha_b);
     drop(other.stdin.take());
