@@ -19,21 +19,58 @@ pub const DEFAULT_OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
 pub const DEFAULT_OPENROUTER_MODEL: &str = "openrouter/auto";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
+/// Every variable `lattice-bot run` reads. Each must reach the container: compose/base.yml passes
+/// them (a test checks), except those marked in `SET_ELSEWHERE` there.
+pub const SETTINGS: &[&str] = &[
+    "DISCORD_TOKEN",
+    "DISCORD_GUILD_ID",
+    "DISCORD_MAIN_CHANNEL_ID",
+    "DISCORD_DREAM_CHANNEL_ID",
+    "DISCORD_API_URL",
+    "DISCORD_GATEWAY_URL",
+    "LLM_PROVIDER",
+    "OPENROUTER_API_KEY",
+    "OPENROUTER_MODEL",
+    "OPENROUTER_BASE_URL",
+    "LLM_TIMEOUT_SECS",
+    "LLM_CONCURRENCY",
+    "LLM_MAX_TOKENS",
+    "USER_RATE_LIMIT",
+    "USER_RATE_WINDOW_SECS",
+    "REPLY_QUEUE",
+    "CONTEXT_MESSAGES",
+    "DATABASE_URL",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "HTTP_PORT",
+    "LATTICE_GIT_SHA",
+    "SHUTDOWN_TIMEOUT_SECS",
+];
+
 /// A snapshot of the environment, so parsing is a pure function that unit tests can drive.
 #[derive(Clone, Default)]
-pub struct Env(HashMap<String, String>);
+pub struct Env(HashMap<String, String>, std::cell::RefCell<std::collections::BTreeSet<String>>);
 
 impl Env {
     pub fn from_process() -> Self {
-        Self(std::env::vars().collect())
+        Self(std::env::vars().collect(), Default::default())
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(), Default::default())
+    }
+
+    /// The names looked up so far, for the test that every setting is listed in [`SETTINGS`].
+    pub fn names_read(&self) -> Vec<String> {
+        self.1.borrow().iter().cloned().collect()
     }
 
     /// The value, with empty strings treated as unset (compose passes `VAR=` for unset variables).
     fn get(&self, name: &str) -> Option<&str> {
+        self.1.borrow_mut().insert(name.to_owned());
         self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 }
@@ -235,6 +272,15 @@ pub struct Config {
     pub openrouter_model: String,
     pub openrouter_base_url: String,
     pub llm_timeout: Duration,
+    /// LLM calls at once; more messages wait in the reply queue.
+    pub llm_concurrency: usize,
+    /// `max_tokens` of every completion.
+    pub llm_max_tokens: u32,
+    /// Answers per user per `user_rate_window`; beyond it one notice, then silence.
+    pub user_rate_limit: u32,
+    pub user_rate_window: Duration,
+    /// Messages waiting for an answer; beyond it new ones are stored, not answered, and audited.
+    pub reply_queue: usize,
     pub context_messages: u32,
     pub db: DbConfig,
     pub http_port: u16,
@@ -255,6 +301,11 @@ impl fmt::Debug for Config {
             .field("openrouter_model", &self.openrouter_model)
             .field("openrouter_base_url", &self.openrouter_base_url)
             .field("llm_timeout", &self.llm_timeout)
+            .field("llm_concurrency", &self.llm_concurrency)
+            .field("llm_max_tokens", &self.llm_max_tokens)
+            .field("user_rate_limit", &self.user_rate_limit)
+            .field("user_rate_window", &self.user_rate_window)
+            .field("reply_queue", &self.reply_queue)
             .field("context_messages", &self.context_messages)
             .field("db", &self.db)
             .field("http_port", &self.http_port)
@@ -290,6 +341,11 @@ impl Config {
             .url("OPENROUTER_BASE_URL", &["https", "http"])
             .unwrap_or_else(|| DEFAULT_OPENROUTER_BASE_URL.to_owned());
         let llm_timeout = Duration::from_secs(r.number("LLM_TIMEOUT_SECS", 60u64, 1, 600));
+        let llm_concurrency = r.number("LLM_CONCURRENCY", 4usize, 1, 64);
+        let llm_max_tokens = r.number("LLM_MAX_TOKENS", 1024u32, 1, 100_000);
+        let user_rate_limit = r.number("USER_RATE_LIMIT", 6u32, 1, 100_000);
+        let user_rate_window = Duration::from_secs(r.number("USER_RATE_WINDOW_SECS", 60u64, 1, 86_400));
+        let reply_queue = r.number("REPLY_QUEUE", 100usize, 1, 10_000);
         let context_messages = r.number("CONTEXT_MESSAGES", 20u32, 1, 200);
         let discord = DiscordEndpoints {
             api_url: r.url("DISCORD_API_URL", &["http", "https"]),
@@ -310,6 +366,11 @@ impl Config {
             openrouter_model,
             openrouter_base_url,
             llm_timeout,
+            llm_concurrency,
+            llm_max_tokens,
+            user_rate_limit,
+            user_rate_window,
+            reply_queue,
             context_messages,
             db: db.expect("checked"),
             http_port,
@@ -366,6 +427,22 @@ mod tests {
         assert_eq!(cfg.llm_provider, LlmProvider::Placeholder);
         assert_eq!(cfg.context_messages, 20);
         assert_eq!(cfg.http_port, 8080);
+        assert_eq!(
+            (cfg.llm_concurrency, cfg.llm_max_tokens, cfg.user_rate_limit, cfg.reply_queue),
+            (4, 1024, 6, 100)
+        );
+        assert_eq!(cfg.user_rate_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_variable_run_reads_is_listed_in_settings() {
+        let env = Env::from_pairs(FULL.iter().copied());
+        Config::from_env(&env).unwrap();
+        let env_db = Env::from_pairs([("DATABASE_URL", "postgres://u:p@h/d")]);
+        DbConfig::from_env(&env_db).unwrap();
+        for name in env.names_read().into_iter().chain(env_db.names_read()) {
+            assert!(SETTINGS.contains(&name.as_str()), "{name} is read but not in SETTINGS");
+        }
     }
 
     #[test]
@@ -376,6 +453,8 @@ mod tests {
             ("DISCORD_DREAM_CHANNEL_ID", "2"),
             ("LLM_PROVIDER", "gpt"),
             ("CONTEXT_MESSAGES", "0"),
+            ("LLM_CONCURRENCY", "0"),
+            ("REPLY_QUEUE", "many"),
             ("HTTP_PORT", "99999"),
             ("DISCORD_GATEWAY_URL", "http://x"),
         ] {
@@ -387,6 +466,8 @@ mod tests {
             "DISCORD_DREAM_CHANNEL_ID",
             "LLM_PROVIDER",
             "CONTEXT_MESSAGES",
+            "LLM_CONCURRENCY",
+            "REPLY_QUEUE",
             "HTTP_PORT",
             "DISCORD_GATEWAY_URL",
         ] {

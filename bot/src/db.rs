@@ -89,6 +89,35 @@ pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// What a stored message is to the conversation (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Anyone's message, other bots' included: context as a `user` turn with the author's name.
+    Message,
+    /// Lattice's own answer: context as an `assistant` turn.
+    Answer,
+    /// Lattice's apology or notice: never context.
+    Notice,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Message => "message",
+            MessageKind::Answer => "answer",
+            MessageKind::Notice => "notice",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "answer" => MessageKind::Answer,
+            "notice" => MessageKind::Notice,
+            _ => MessageKind::Message,
+        }
+    }
+}
+
 /// A message as the episodic memory holds it.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -98,13 +127,18 @@ pub struct StoredMessage {
     pub author_name: String,
     pub is_bot: bool,
     pub content: String,
+    pub kind: MessageKind,
 }
 
-/// Stores a message; `false` when it was already stored.
+/// Stores a message; `false` when it was already stored. Storing Lattice's own post as an answer
+/// or notice marks it so even when the gateway's echo of it was stored first.
 pub async fn store_message(pool: &PgPool, m: &StoredMessage) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO messages (id, channel_id, author_id, author_name, is_bot, content)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+    let inserted: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO messages (id, channel_id, author_id, author_name, is_bot, content, kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind
+           WHERE messages.kind = 'message' AND EXCLUDED.kind <> 'message'
+         RETURNING (xmax = 0)",
     )
     .bind(m.id as i64)
     .bind(m.channel_id as i64)
@@ -112,9 +146,28 @@ pub async fn store_message(pool: &PgPool, m: &StoredMessage) -> Result<bool, sql
     .bind(&m.author_name)
     .bind(m.is_bot)
     .bind(&m.content)
-    .execute(pool)
+    .bind(m.kind.as_str())
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(inserted == Some(true))
+}
+
+/// Whether an error may go away by itself (Postgres restarting, a lost connection, a full pool),
+/// so retrying makes sense. Anything else (bad data, a constraint) fails the same way every time.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57P operator
+        // intervention (shutdown, starting up); 40001/40P01 serialization failure, deadlock.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
 }
 
 /// Claims the right to answer a message; `false` when it was claimed before (a repeated event).
@@ -126,7 +179,7 @@ pub async fn claim_reply(pool: &PgPool, message_id: u64) -> Result<bool, sqlx::E
     Ok(done.rows_affected() == 1)
 }
 
-/// The last `limit` messages of a channel up to and including `up_to`, oldest first.
+/// The last `limit` messages of a channel up to and including `up_to`, oldest first, notices left out.
 pub async fn recent_messages(
     pool: &PgPool,
     channel_id: u64,
@@ -134,8 +187,8 @@ pub async fn recent_messages(
     limit: u32,
 ) -> Result<Vec<StoredMessage>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, channel_id, author_id, author_name, is_bot, content FROM messages
-         WHERE channel_id = $1 AND id <= $2 ORDER BY id DESC LIMIT $3",
+        "SELECT id, channel_id, author_id, author_name, is_bot, content, kind FROM messages
+         WHERE channel_id = $1 AND id <= $2 AND kind <> 'notice' ORDER BY id DESC LIMIT $3",
     )
     .bind(channel_id as i64)
     .bind(up_to as i64)
@@ -151,6 +204,7 @@ pub async fn recent_messages(
             author_name: r.get(3),
             is_bot: r.get(4),
             content: r.get(5),
+            kind: MessageKind::parse(r.get(6)),
         })
         .collect();
     out.reverse();
@@ -235,10 +289,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_errors_that_can_pass_are_transient() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into())));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("kind".into())));
+    }
+
+    #[test]
     fn schema_info_reports_head_and_marked_migrations() {
         let info = schema_info();
         assert_eq!(info.head, MIGRATOR.iter().map(|m| m.version).max().unwrap());
         assert!(info.backward_compatible.contains(&2));
+        assert!(info.backward_compatible.contains(&3));
         assert!(!info.backward_compatible.contains(&1));
     }
 }

@@ -56,15 +56,62 @@ pub struct Metrics {
     pub reply_parts: AtomicU64,
     pub llm_ok: AtomicU64,
     pub llm_errors: AtomicU64,
-    pub llm_latency_ms_sum: AtomicU64,
+    pub llm_latency: Histogram,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub cost_micro_usd: AtomicU64,
     pub reconnects: AtomicU64,
     pub db_errors: AtomicU64,
+    /// Messages not answered on purpose: empty, or their author over the per-user limit.
+    pub ignored_empty: AtomicU64,
+    pub ignored_user_limit: AtomicU64,
+    /// Notices sent to users over the per-user limit.
+    pub user_limit_notices: AtomicU64,
+    /// Work dropped because a queue was full: answers not given, messages not stored.
+    pub dropped_answers: AtomicU64,
+    pub dropped_stores: AtomicU64,
+    /// Gateway payloads that could not be read.
+    pub gateway_unreadable: AtomicU64,
+    pub rate_limited: crate::discord::RateLimitCounts,
+}
+
+/// Upper bounds of the LLM latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A Prometheus histogram of durations (cumulative buckets are computed when rendered).
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], plus one for larger values.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(s, "{name}_sum {:.6}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(s, "{name}_count {cumulative}");
+    }
 }
 
 impl Metrics {
+    pub fn discord_rate_limited(&self, scope: crate::discord::Scope) {
+        self.rate_limited.add(scope);
+    }
+
     pub fn render(&self, gateway: GatewayState) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, String)]| {
@@ -114,13 +161,41 @@ impl Metrics {
             &[("", g(&self.reconnects))],
         );
         counter("lattice_db_errors_total", "Failed database operations.", &[("", g(&self.db_errors))]);
-        let calls = self.llm_ok.load(Relaxed) + self.llm_errors.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "# HELP lattice_llm_latency_seconds LLM call latency.\n# TYPE lattice_llm_latency_seconds summary\n\
-             lattice_llm_latency_seconds_sum {:.3}\nlattice_llm_latency_seconds_count {calls}",
-            self.llm_latency_ms_sum.load(Relaxed) as f64 / 1000.0
+        counter(
+            "lattice_messages_ignored_total",
+            "Messages deliberately not answered, by reason.",
+            &[
+                ("{reason=\"empty\"}", g(&self.ignored_empty)),
+                ("{reason=\"user_rate_limit\"}", g(&self.ignored_user_limit)),
+            ],
         );
+        counter(
+            "lattice_user_limit_notices_total",
+            "Notices telling a user they are over the per-user limit.",
+            &[("", g(&self.user_limit_notices))],
+        );
+        counter(
+            "lattice_dropped_total",
+            "Work dropped because a queue was full, by kind.",
+            &[("{kind=\"answer\"}", g(&self.dropped_answers)), ("{kind=\"store\"}", g(&self.dropped_stores))],
+        );
+        counter(
+            "lattice_gateway_unreadable_total",
+            "Gateway payloads that could not be deserialised (skipped).",
+            &[("", g(&self.gateway_unreadable))],
+        );
+        let r = &self.rate_limited;
+        counter(
+            "lattice_discord_rate_limited_total",
+            "429 answers from Discord's REST API, by scope.",
+            &[
+                ("{scope=\"user\"}", g(&r.user)),
+                ("{scope=\"shared\"}", g(&r.shared)),
+                ("{scope=\"global\"}", g(&r.global)),
+                ("{scope=\"unknown\"}", g(&r.unknown)),
+            ],
+        );
+        self.llm_latency.render(&mut s, "lattice_llm_latency_seconds", "LLM call latency.");
         let _ = writeln!(
             s,
             "# HELP lattice_gateway_connected 1 while the gateway session is live.\n# TYPE lattice_gateway_connected gauge\n\

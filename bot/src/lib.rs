@@ -7,13 +7,14 @@ pub mod bot;
 pub mod chat;
 pub mod config;
 pub mod db;
+pub mod discord;
 pub mod http;
 pub mod leader;
 pub mod llm;
 pub mod reply;
 pub mod standin;
 
-/// Installs the process-wide rustls crypto provider; twilight-http's client panics without one.
+/// Installs the process-wide rustls crypto provider (the gateway's TLS needs one).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -31,6 +31,7 @@ pub struct Llm {
     http: reqwest::Client,
     url: String,
     model: String,
+    max_tokens: u32,
     /// Kept out of `Debug` and logs.
     api_key: String,
 }
@@ -39,6 +40,8 @@ pub struct Llm {
 struct Request<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
+    /// A bound on what one answer can cost.
+    max_tokens: u32,
     usage: UsageRequest,
 }
 
@@ -103,6 +106,7 @@ impl Llm {
             http,
             url: format!("{}/chat/completions", cfg.openrouter_base_url),
             model: cfg.openrouter_model.clone(),
+            max_tokens: cfg.llm_max_tokens,
             api_key: cfg.openrouter_api_key.clone().unwrap_or_default(),
         })
     }
@@ -133,7 +137,12 @@ impl Llm {
     }
 
     async fn openrouter(&self, messages: &[ChatMessage]) -> Completion {
-        let body = Request { model: &self.model, messages, usage: UsageRequest { include: true } };
+        let body = Request {
+            model: &self.model,
+            messages,
+            max_tokens: self.max_tokens,
+            usage: UsageRequest { include: true },
+        };
         let sent = self.http.post(&self.url).bearer_auth(&self.api_key).json(&body).send().await;
         let resp = match sent {
             Ok(r) => r,
@@ -185,7 +194,8 @@ fn interpret(r: Response) -> Completion {
         return c;
     }
     match choice.message.and_then(|m| m.content).filter(|t| !t.trim().is_empty()) {
-        Some(text) => c.content = Some(text),
+        // Postgres cannot store NUL, and Discord shows nothing for it.
+        Some(text) => c.content = Some(text.replace('\0', "")),
         None => c.error = Some("empty reply".into()),
     }
     c

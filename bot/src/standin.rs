@@ -7,17 +7,26 @@
 //!
 //! Control API (JSON):
 //! - `GET  /control/info` → guild, main and dream channel ids, bot user id
-//! - `POST /control/messages {"content", "channel_id"?, "author"?, "repeat"?}` → `{"id"}`: a user
-//!   message, dispatched `repeat` times (default 1) as MESSAGE_CREATE
+//! - `POST /control/messages {"content", "channel_id"?, "author"?, "bot"?, "repeat"?}` → `{"id"}`: a
+//!   user's (or with `bot`, another bot's) message, dispatched `repeat` times (default 1) as MESSAGE_CREATE
 //! - `GET  /control/posted?after=SEQ&wait=SECS` → `{"messages":[…], "next": SEQ}`: what the bot
 //!   posted, long-polling up to `wait` seconds for something new
 //! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
 //!   `POST /control/reconnect` asks clients to reconnect (opcode 7)
-//! - `GET  /control/state` → connection, identify and resume counts
+//! - `GET  /control/state` → connection, identify and resume counts; REST requests, 429s served and
+//!   the most REST requests seen in any one second
+//! - `POST /control/ratelimit {"shape", "count"?, "retry_after"?}` → the next `count` (default 1)
+//!   Create Message calls answer 429 in one of Discord's shapes: `user` or `shared` (bucket headers,
+//!   `X-RateLimit-Scope`, JSON body), `global` (`X-RateLimit-Global: true`), or `bare` (no headers,
+//!   a non-JSON body, as Cloudflare sends). `{"bucket_limit", "bucket_reset_after"}` instead makes
+//!   every channel a bucket of that many messages per that many seconds, with Discord's headers.
+//!   Like Discord, more than 50 REST requests in one second always get a global 429.
+//! - `GET  /control/rest` → `{"requests": [{"at_ms", "channel_id", "status"}…]}`, every Create Message
+//! - `POST /control/raw {"t", "d"}` dispatches an arbitrary event (e.g. one that cannot be read)
 //! - `GET  /health` → 200, so the image's `lattice-bot healthcheck` works for the stand-in too
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -88,7 +97,32 @@ pub struct Posted {
     pub reply_to: Option<String>,
     /// Posted to the dream channel.
     pub dream: bool,
+    /// The post's `allowed_mentions`, as sent.
+    #[serde(default)]
+    pub allowed_mentions: Option<Value>,
 }
+
+/// Discord's shapes of a 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    User,
+    Shared,
+    Global,
+    Bare,
+}
+
+/// One Create Message call as the stand-in saw it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RestHit {
+    /// Milliseconds since the stand-in started.
+    pub at_ms: u64,
+    pub channel_id: String,
+    pub status: u16,
+}
+
+/// Discord's global limit, enforced like Discord does.
+const GLOBAL_LIMIT_PER_SECOND: usize = 50;
 
 #[derive(Default)]
 struct Inner {
@@ -105,6 +139,15 @@ struct Inner {
     /// Bumped to drop (`drops`) or reconnect (`reconnects`) every live connection.
     drops: u64,
     reconnects: u64,
+    /// 429s to answer next, in order.
+    armed: VecDeque<(Shape, f64)>,
+    /// `(limit, seconds)` of an emulated per-channel bucket.
+    bucket: Option<(u32, f64)>,
+    /// Channel → (messages in the current bucket window, when it resets).
+    buckets: HashMap<u64, (u32, std::time::Instant)>,
+    /// REST requests of the last second, for the global limit.
+    last_second: VecDeque<std::time::Instant>,
+    rest: Vec<RestHit>,
 }
 
 impl Inner {
@@ -118,6 +161,7 @@ impl Inner {
 
 struct Shared {
     world: World,
+    started: std::time::Instant,
     inner: Mutex<Inner>,
     /// Bumped on every change, so connections and long polls wake up.
     changed: watch::Sender<u64>,
@@ -137,7 +181,12 @@ impl Shared {
 
 /// The stand-in's HTTP app (REST, gateway and control API on one port).
 pub fn router(world: World) -> Router {
-    let shared = Arc::new(Shared { world, inner: Mutex::default(), changed: watch::channel(0).0 });
+    let shared = Arc::new(Shared {
+        world,
+        started: std::time::Instant::now(),
+        inner: Mutex::default(),
+        changed: watch::channel(0).0,
+    });
     Router::new()
         .route("/", get(gateway))
         .route("/api/v10/gateway", get(gateway_info))
@@ -152,6 +201,9 @@ pub fn router(world: World) -> Router {
         .route("/control/drop", post(control_drop))
         .route("/control/reconnect", post(control_reconnect))
         .route("/control/state", get(control_state))
+        .route("/control/ratelimit", post(control_ratelimit))
+        .route("/control/rest", get(control_rest))
+        .route("/control/raw", post(control_raw))
         .fallback(|| async { discord_error(StatusCode::NOT_FOUND, 0, "404: Not Found") })
         .with_state(shared)
 }
@@ -302,6 +354,76 @@ async fn current_user_route(headers: HeaderMap) -> Response {
 struct CreateMessageBody {
     content: Option<String>,
     message_reference: Option<ReferenceBody>,
+    allowed_mentions: Option<Value>,
+}
+
+/// What the rate limits say about one Create Message call.
+enum Limit {
+    /// Go ahead; with the bucket's `(limit, remaining, reset_after)` when one is emulated.
+    Pass(Option<(u32, u32, f64)>),
+    Limited(Shape, f64),
+}
+
+fn rate_limit(i: &mut Inner, channel: u64) -> Limit {
+    let now = std::time::Instant::now();
+    while i.last_second.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+        i.last_second.pop_front();
+    }
+    if i.last_second.len() >= GLOBAL_LIMIT_PER_SECOND {
+        let wait = Duration::from_secs(1) - now.duration_since(i.last_second[0]);
+        return Limit::Limited(Shape::Global, wait.as_secs_f64());
+    }
+    i.last_second.push_back(now);
+    if let Some((shape, retry_after)) = i.armed.pop_front() {
+        return Limit::Limited(shape, retry_after);
+    }
+    let Some((limit, per)) = i.bucket else {
+        return Limit::Pass(None);
+    };
+    let (used, reset) = i.buckets.entry(channel).or_insert((0, now + Duration::from_secs_f64(per)));
+    if *reset <= now {
+        *used = 0;
+        *reset = now + Duration::from_secs_f64(per);
+    }
+    let reset_after = reset.duration_since(now).as_secs_f64();
+    if *used >= limit {
+        return Limit::Limited(Shape::User, reset_after);
+    }
+    *used += 1;
+    Limit::Pass(Some((limit, limit - *used, reset_after)))
+}
+
+/// A 429 in Discord's `shape`.
+fn too_many_requests(shape: Shape, retry_after: f64) -> Response {
+    let mut headers = HeaderMap::new();
+    let mut set = |k: &'static str, v: String| {
+        headers.insert(k, v.parse().expect("header value"));
+    };
+    let retry_header = format!("{}", retry_after.ceil() as u64);
+    match shape {
+        Shape::Bare => {
+            return (StatusCode::TOO_MANY_REQUESTS, "error code: 1015").into_response();
+        }
+        Shape::Global => {
+            set("x-ratelimit-global", "true".into());
+            set("x-ratelimit-scope", "global".into());
+            set("retry-after", retry_header);
+        }
+        Shape::User | Shape::Shared => {
+            set("x-ratelimit-limit", "5".into());
+            set("x-ratelimit-remaining", "0".into());
+            set("x-ratelimit-reset-after", format!("{retry_after:.3}"));
+            set("x-ratelimit-bucket", "standin-create-message".into());
+            set("x-ratelimit-scope", if shape == Shape::User { "user" } else { "shared" }.into());
+            set("retry-after", retry_header);
+        }
+    }
+    let body = json!({
+        "message": "You are being rate limited.",
+        "retry_after": retry_after,
+        "global": shape == Shape::Global,
+    });
+    (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -318,6 +440,17 @@ async fn create_message(
     if !authorized(&headers) {
         return discord_error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
     }
+    let at_ms = s.started.elapsed().as_millis() as u64;
+    let limit = s.update(|i| {
+        let limit = rate_limit(i, channel);
+        let status = if matches!(limit, Limit::Limited(..)) { 429 } else { 200 };
+        i.rest.push(RestHit { at_ms, channel_id: channel.to_string(), status });
+        limit
+    });
+    let bucket = match limit {
+        Limit::Limited(shape, retry_after) => return too_many_requests(shape, retry_after),
+        Limit::Pass(bucket) => bucket,
+    };
     let Ok(body) = serde_json::from_slice::<CreateMessageBody>(&body) else {
         return discord_error(StatusCode::BAD_REQUEST, 50109, "The request body contains invalid JSON.");
     };
@@ -345,12 +478,24 @@ async fn create_message(
             content,
             reply_to: reply_to.map(|r| r.to_string()),
             dream: channel == world.dream_channel_id,
+            allowed_mentions: body.allowed_mentions.clone(),
         });
         // Discord echoes the bot's own messages on the gateway too.
         i.events.push(("MESSAGE_CREATE", serde_json::to_value(&msg).expect("message serializes")));
         msg
     });
-    Json(msg).into_response()
+    let mut headers = HeaderMap::new();
+    if let Some((limit, remaining, reset_after)) = bucket {
+        for (k, v) in [
+            ("x-ratelimit-limit", limit.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
+            ("x-ratelimit-bucket", "standin-create-message".to_owned()),
+        ] {
+            headers.insert(k, v.parse().expect("header value"));
+        }
+    }
+    (headers, Json(msg)).into_response()
 }
 
 // ---- gateway ----
@@ -495,6 +640,9 @@ struct PostBody {
     channel_id: Option<String>,
     author: Option<String>,
     repeat: Option<u32>,
+    /// The author is a bot (another one than Lattice).
+    #[serde(default)]
+    bot: bool,
 }
 
 async fn control_post(State(s): State<Arc<Shared>>, Json(body): Json<PostBody>) -> Response {
@@ -503,16 +651,14 @@ async fn control_post(State(s): State<Arc<Shared>>, Json(body): Json<PostBody>) 
         Some(Ok(c)) if c > 0 => c,
         Some(_) => return (StatusCode::BAD_REQUEST, "channel_id must be a positive integer").into_response(),
     };
-    if body.content.trim().is_empty() {
-        return (StatusCode::BAD_REQUEST, "content must not be empty").into_response();
-    }
+    // Empty content is allowed: Discord delivers it for a message with only an attachment.
     let author = body.author.unwrap_or_else(|| "tester".into());
     let world = s.world.clone();
     let id = s.update(|i| {
         let next = 100_000_000_000_000_100 + i.users.len() as u64;
         let uid = *i.users.entry(author.clone()).or_insert(next);
         let id = i.snowflake();
-        let msg = message(&world, id, channel, user(uid, &author, false), body.content, None);
+        let msg = message(&world, id, channel, user(uid, &author, body.bot), body.content, None);
         let value = serde_json::to_value(&msg).expect("message serializes");
         for _ in 0..body.repeat.unwrap_or(1).clamp(1, 10) {
             i.events.push(("MESSAGE_CREATE", value.clone()));
@@ -566,6 +712,67 @@ async fn control_state(State(s): State<Arc<Shared>>) -> Json<Value> {
             "resumes": i.resumes,
             "posted": i.posted.len(),
             "events": i.events.len(),
+            "rest_requests": i.rest.len(),
+            "rate_limited": i.rest.iter().filter(|r| r.status == 429).count(),
+            "max_rest_per_second": max_per_second(&i.rest),
         })
     }))
+}
+
+/// The most requests that started within any one second.
+fn max_per_second(hits: &[RestHit]) -> usize {
+    let mut start = 0;
+    let mut best = 0;
+    for (end, hit) in hits.iter().enumerate() {
+        while hit.at_ms - hits[start].at_ms >= 1000 {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[derive(Deserialize)]
+struct RateLimitRequest {
+    shape: Option<Shape>,
+    count: Option<u32>,
+    retry_after: Option<f64>,
+    bucket_limit: Option<u32>,
+    bucket_reset_after: Option<f64>,
+}
+
+async fn control_ratelimit(State(s): State<Arc<Shared>>, Json(body): Json<RateLimitRequest>) -> Response {
+    if let (Some(limit), Some(per)) = (body.bucket_limit, body.bucket_reset_after) {
+        if limit == 0 || per.is_nan() || per <= 0.0 {
+            return (StatusCode::BAD_REQUEST, "bucket_limit and bucket_reset_after must be positive")
+                .into_response();
+        }
+        s.update(|i| i.bucket = Some((limit, per)));
+    }
+    if let Some(shape) = body.shape {
+        let retry_after = body.retry_after.unwrap_or(1.0).max(0.0);
+        s.update(|i| i.armed.extend((0..body.count.unwrap_or(1)).map(|_| (shape, retry_after))));
+    }
+    Json(json!({ "armed": s.read(|i| i.armed.len()) })).into_response()
+}
+
+async fn control_rest(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({ "requests": s.read(|i| i.rest.clone()) }))
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    t: String,
+    d: Value,
+}
+
+async fn control_raw(State(s): State<Arc<Shared>>, Json(body): Json<RawEvent>) -> Json<Value> {
+    // Event types are static strings in the log; the few a test needs are listed here.
+    let t: &'static str = match body.t.as_str() {
+        "MESSAGE_CREATE" => "MESSAGE_CREATE",
+        "MESSAGE_UPDATE" => "MESSAGE_UPDATE",
+        _ => "UNKNOWN_EVENT",
+    };
+    s.update(|i| i.events.push((t, body.d)));
+    Json(json!({ "dispatched": t }))
 }

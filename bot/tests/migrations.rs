@@ -13,6 +13,7 @@ fn text(out: &std::process::Output) -> String {
 const RELEASED: &[(i64, &str)] = &[
     (1, "43e5452171e057d2988ea495ecdfd8633f307e18f6ef2933fac5d7ec971ceab052e9102239882bee582c1703bf646202"),
     (2, "ed8189e13181b3d022b32f2b187e76cfd6644f440f975e7dc30d038b88a3b397bbcc092458067ec45814fa2263cf3168"),
+    (3, "cf0d02f06fe6ad9f337c6d30c131a1cc62eb35c51d6de83e0c9f882b2f5b811728939f382595bdf7a68b169e8c5dfc23"),
 ];
 
 #[test]
@@ -43,10 +44,15 @@ async fn migrate_is_idempotent_and_prints_what_it_applied() {
     let first = pg.migrate();
     assert!(first.status.success(), "{}", text(&first));
     let out = String::from_utf8_lossy(&first.stdout).into_owned();
-    assert!(out.contains("applied 0001 init") && out.contains("applied 0002 gateway session"), "{out}");
+    assert!(
+        out.contains("applied 0001 init")
+            && out.contains("applied 0002 gateway session")
+            && out.contains("applied 0003 message kind"),
+        "{out}"
+    );
     let second = pg.migrate();
     assert!(second.status.success(), "{}", text(&second));
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 2");
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 3");
     assert!(!text(&first).contains(PG_PASSWORD));
 }
 
@@ -70,9 +76,10 @@ async fn two_concurrent_migrates_apply_each_migration_once() {
     let both = format!("{}{}", String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
     assert_eq!(both.matches("applied 0001").count(), 1, "{both}");
     assert_eq!(both.matches("applied 0002").count(), 1, "{both}");
+    assert_eq!(both.matches("applied 0003").count(), 1, "{both}");
     let pool = pg.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

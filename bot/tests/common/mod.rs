@@ -157,13 +157,26 @@ impl Drop for Postgres {
 }
 
 /// The fake OpenRouter. Replies depend on the last user message:
-/// `LONG` → a 4,839-character reply; `ERROR200` → HTTP 200 with an `error` body; `ERROR500` → HTTP 500;
-/// `SLOW` → answers after 3 s; anything else → `echo: <message>`.
+/// `LONG` → a 4,839-character reply; `CODE` → a reply with a ``` block longer than one Discord
+/// message; `ERROR200` → HTTP 200 with an `error` body; `ERROR500` → HTTP 500; `SLOW` → answers
+/// after 3 s; anything else → `echo: <message>`. Every answer waits `delay_ms` first.
 #[derive(Clone, Default)]
 pub struct FakeLlm {
     pub requests: Arc<AtomicU64>,
     pub last_auth: Arc<Mutex<Option<String>>>,
     pub last_body: Arc<Mutex<Option<Value>>>,
+    /// Every request body, in arrival order.
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+    pub in_flight: Arc<AtomicU64>,
+    /// The most requests in flight at once.
+    pub max_in_flight: Arc<AtomicU64>,
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+/// The code block of the `CODE` reply: 150 numbered lines of Rust.
+pub fn code_reply() -> String {
+    let code: String = (0..150).map(|i| format!("    let value_{i} = compute({i}); // step {i}\n")).collect();
+    format!("Here is the program.\n\n```rust\nfn main() {{\n{code}}}\n```\n\nThat is all.")
 }
 
 pub const LONG_WORD: &str = "lattice";
@@ -189,8 +202,21 @@ async fn completions(
     headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     f.requests.fetch_add(1, Ordering::SeqCst);
+    let now = f.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    f.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = answer(&f, headers, body).await;
+    f.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn answer(f: &FakeLlm, headers: axum::http::HeaderMap, body: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    f.bodies.lock().unwrap().push(body.clone());
+    let delay = f.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     *f.last_auth.lock().unwrap() =
         headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     *f.last_body.lock().unwrap() = Some(body.clone());
@@ -217,6 +243,9 @@ async fn completions(
     }
     if last.contains("LONG") {
         return ok(long_reply());
+    }
+    if last.contains("CODE") {
+        return ok(code_reply());
     }
     if last.contains("SLOW") {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -251,6 +280,36 @@ impl Discord {
             .await
             .unwrap();
         v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts a message as `author` (a bot's when `bot`) in the main channel; returns its id.
+    pub async fn say_as(&self, author: &str, content: &str, bot: bool) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/control/messages", self.base))
+            .json(&json!({ "content": content, "author": author, "bot": bot }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends `body` to the stand-in's `/control/<action>`.
+    pub async fn control_json(&self, action: &str, body: Value) -> Value {
+        let resp =
+            self.http.post(format!("{}/control/{action}", self.base)).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "/control/{action}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// Every Create Message call the stand-in answered, in order.
+    pub async fn rest(&self) -> Vec<lattice_bot::standin::RestHit> {
+        let v: Value =
+            self.http.get(format!("{}/control/rest", self.base)).send().await.unwrap().json().await.unwrap();
+        serde_json::from_value(v["requests"].clone()).unwrap()
     }
 
     pub async fn posted(&self) -> Vec<lattice_bot::standin::Posted> {
@@ -383,6 +442,17 @@ impl Bot {
             .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(-1.0)
+    }
+
+    /// `VmHWM` (the peak resident memory) of the bot process, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb / 1024.0
     }
 
     pub fn assert_no_secrets(&self) {
