@@ -14,7 +14,8 @@
 //!               (`docker history`), then the rebuild after a one-line commit to bot/src and
 //!               whether the dependency layer was reused
 //!     memory    the release bot against the Discord stand-in and a Postgres container
-//!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream
+//!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream;
+//!               then a fresh bot with default limits while one user floods 500 messages
 //!     handover  leader lock handover (SIGTERM the leader, the standby resumes the session)
 //!               next to the naive flows (kill + start, stop + start): gap and events lost
 //!     deploy    reserved: deploy and rollback timings against the local registry and sshd

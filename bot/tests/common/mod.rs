@@ -269,31 +269,16 @@ impl Discord {
 
     /// Posts a user message in the main channel, dispatched `repeat` times; returns its id.
     pub async fn say(&self, content: &str, repeat: u32) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/control/messages", self.base))
-            .json(&json!({ "content": content, "author": "ada", "repeat": repeat }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self
+            .control_json("messages", json!({ "content": content, "author": "ada", "repeat": repeat }))
+            .await;
         v["id"].as_str().unwrap().to_owned()
     }
 
     /// Posts a message as `author` (a bot's when `bot`) in the main channel; returns its id.
     pub async fn say_as(&self, author: &str, content: &str, bot: bool) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/control/messages", self.base))
-            .json(&json!({ "content": content, "author": author, "bot": bot }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v =
+            self.control_json("messages", json!({ "content": content, "author": author, "bot": bot })).await;
         v["id"].as_str().unwrap().to_owned()
     }
 

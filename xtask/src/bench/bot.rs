@@ -1,6 +1,9 @@
 //! `bench memory` and `bench handover`: the release bot against the Discord stand-in and a real
 //! Postgres container, with the placeholder LLM (no network, no secrets).
 //!
+//! One bench author sends the steady streams, so those bots run with the per-user limit raised;
+//! the flood figure runs a fresh bot with the default limits, as a guild would.
+//!
 //! The bots and the stand-in are long-running children that `Plan` cannot hold: they are started
 //! with `std::process::Command` and their command lines (environment by name only) are printed.
 //! Every container and process here is removed by a guard when it goes out of scope.
@@ -38,6 +41,12 @@ const PACE: Duration = Duration::from_millis(100);
 const START_DEADLINE: Duration = Duration::from_secs(90);
 /// How long after the last message its reply may still come.
 const REPLY_DEADLINE: Duration = Duration::from_secs(30);
+/// The flood: this many messages from one user, as fast as the control API takes them, while
+/// a few others talk.
+const FLOOD_MESSAGES: usize = 500;
+const FLOOD_OTHERS: &[&str] = &["ada", "bob", "cy"];
+/// The per-user limit for the steady streams, where one author sends everything.
+const STREAM_USER_LIMIT: &str = "100000";
 
 const DRY_RUN_NOTE: &str = "then: docker run lattice-bench-pg-* ($POSTGRES_IMAGE), lattice-bot migrate, \
      lattice-bot discord-standin, lattice-bot run (placeholder LLM), messages through the control API";
@@ -53,7 +62,7 @@ pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()>
     let temp = plan.sh().create_temp_dir()?;
     let pg = Postgres::start(plan, project, &bin)?;
     let discord = StandIn::start(&bin, &temp, "standin")?;
-    let bot = BotProcess::spawn(&bin, &pg, &discord, &temp, "bot")?;
+    let bot = BotProcess::spawn(&bin, &pg, &discord, &temp, "bot", Limits::Stream)?;
     bot.wait_gateway("connected", START_DEADLINE)?;
     std::thread::sleep(Duration::from_secs(2));
     let idle = bot.process.memory().context("reading the bot's /proc status")?;
@@ -130,7 +139,105 @@ pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()>
         );
     }
     drop(bot);
+    flood(plan, &bin, &pg, &temp, report)
+}
+
+/// A fresh bot with the default limits; one user sends [`FLOOD_MESSAGES`] at once, others talk.
+fn flood(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, report: &mut Report) -> Result<()> {
+    let discord = StandIn::start(bin, temp, "flood-standin")?;
+    let bot = BotProcess::spawn(bin, pg, &discord, temp, "flood-bot", Limits::Default)?;
+    bot.wait_gateway("connected", START_DEADLINE)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = bot.process.memory().context("reading the bot's /proc status")?;
+    plan.note(&format!(
+        "flood: {FLOOD_MESSAGES} messages from one user as fast as the control API takes them, {} others talking",
+        FLOOD_OTHERS.len()
+    ));
+    let watch = ReplyWatch::start(&discord.addr);
+    let mut peak = idle.rss;
+    let mut flood_ids = Vec::new();
+    let mut others = Vec::new();
+    let started = Instant::now();
+    for i in 0..FLOOD_MESSAGES {
+        let (id, _) = say_as(&discord.addr, "mallory", &format!("spam {i} @everyone"))?;
+        flood_ids.push(id);
+        // The others talk at even spots within the flood.
+        if others.len() < FLOOD_OTHERS.len()
+            && i == (others.len() + 1) * FLOOD_MESSAGES / (FLOOD_OTHERS.len() + 1)
+        {
+            let who = FLOOD_OTHERS[others.len()];
+            others.push(say_as(&discord.addr, who, &format!("hi, {who} here"))?.0);
+        }
+        if i % 10 == 0 {
+            if let Some(m) = bot.process.memory() {
+                peak = peak.max(m.rss);
+            }
+        }
+    }
+    let sent_in = started.elapsed();
+    let deadline = Instant::now() + REPLY_DEADLINE;
+    while watch.answered(&others) < others.len() && Instant::now() < deadline {
+        if let Some(m) = bot.process.memory() {
+            peak = peak.max(m.rss);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The flooder's answers and notice come within the same time; let them, then count.
+    std::thread::sleep(Duration::from_secs(3));
+    let replies = watch.stop();
+    let end = bot.process.memory().context("reading the bot's /proc status")?;
+    let state = http::get_json(&discord.addr, "/control/state", Duration::from_secs(5))?;
+    let to_flooder: usize = flood_ids.iter().map(|id| replies.by_message.get(id).map_or(0, Vec::len)).sum();
+    let g = "memory";
+    report.number(
+        g,
+        "flood_rss_idle",
+        mib(idle.rss),
+        "MiB",
+        "VmRSS of a fresh bot (default limits) 2 s after READY, before the flood",
+    );
+    report.number(
+        g,
+        "flood_rss_peak",
+        mib(peak.max(end.hwm)),
+        "MiB",
+        &format!("VmHWM of that bot over {FLOOD_MESSAGES} messages from one user and until the others were answered"),
+    );
+    report.number(g, "flood_rss_after", mib(end.rss), "MiB", "VmRSS once the flood is handled");
+    report.seconds(g, "flood_sent_in", sent_in, &format!("time to send the {FLOOD_MESSAGES} messages"));
+    report.number(
+        g,
+        "flood_others_answered",
+        watch_count(&replies, &others) as f64,
+        "",
+        &format!("of {} other users talking during the flood", others.len()),
+    );
+    report.number(
+        g,
+        "flood_replies_to_flooder",
+        to_flooder as f64,
+        "",
+        "replies to the flooding user (USER_RATE_LIMIT=6 answers, then one notice)",
+    );
+    report.number(
+        g,
+        "flood_discord_429s",
+        state.get("rate_limited").as_u64().unwrap_or(0) as f64,
+        "",
+        "429s the stand-in answered during the flood",
+    );
+    report.number(
+        g,
+        "flood_max_rest_per_second",
+        state.get("max_rest_per_second").as_u64().unwrap_or(0) as f64,
+        "",
+        "most REST requests the stand-in saw within one second (Discord's global limit: 50)",
+    );
     Ok(())
+}
+
+fn watch_count(replies: &Replies, ids: &[String]) -> usize {
+    ids.iter().filter(|id| replies.by_message.contains_key(*id)).count()
 }
 
 pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
@@ -242,10 +349,10 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let n = switch.name();
     // A fresh stand-in per scenario: its counts start at zero and no session of another run applies.
     let discord = StandIn::start(bin, temp, &format!("{n}-standin"))?;
-    let mut old = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-old"))?;
+    let mut old = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-old"), Limits::Stream)?;
     old.wait_gateway("connected", START_DEADLINE)?;
     let mut new = if switch == Switch::LeaderLock {
-        let standby = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-standby"))?;
+        let standby = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-standby"), Limits::Stream)?;
         standby.wait_gateway("standby", START_DEADLINE)?;
         Some(standby)
     } else {
@@ -289,7 +396,7 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     } else {
         old.process.wait_exit(Duration::from_secs(30))?;
         let old_exit = switched_at.elapsed();
-        let successor = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-new"))?;
+        let successor = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-new"), Limits::Stream)?;
         successor.wait_gateway("connected", START_DEADLINE)?;
         (successor, old_exit)
     };
@@ -577,11 +684,25 @@ impl StandIn {
 }
 
 fn say(addr: &str, content: &str) -> Result<(String, Instant)> {
-    let body = format!("{{\"content\":\"{}\",\"author\":\"bench\"}}", content.replace(['"', '\\'], ""));
+    say_as(addr, "bench", content)
+}
+
+fn say_as(addr: &str, author: &str, content: &str) -> Result<(String, Instant)> {
+    let clean = |s: &str| s.replace(['"', '\\'], "");
+    let body = format!("{{\"content\":\"{}\",\"author\":\"{}\"}}", clean(content), clean(author));
     let at = Instant::now();
     let answer = http::post_json(addr, "/control/messages", &body)?;
     let id = answer.get("id").as_str().context("the stand-in answered without an id")?.to_string();
     Ok((id, at))
+}
+
+/// The per-user limit a bench bot runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    /// Raised: one bench author sends the whole stream.
+    Stream,
+    /// The bot's defaults, as a guild runs it.
+    Default,
 }
 
 /// `lattice-bot run` against the stand-in and the bench database, placeholder LLM.
@@ -597,9 +718,13 @@ impl BotProcess {
         discord: &StandIn,
         temp: &TempDir,
         label: &str,
+        limits: Limits,
     ) -> Result<BotProcess> {
         let port = free_port()?;
         let mut env = pg.env();
+        if limits == Limits::Stream {
+            env.push(("USER_RATE_LIMIT", STREAM_USER_LIMIT.into()));
+        }
         env.extend([
             ("DISCORD_TOKEN", STANDIN_TOKEN.to_string()),
             ("DISCORD_GUILD_ID", GUILD_ID.into()),
