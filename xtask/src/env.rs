@@ -23,6 +23,13 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "OPENROUTER_MODEL",
     "OPENROUTER_BASE_URL",
     "CONTEXT_MESSAGES",
+    "LLM_CONCURRENCY",
+    "LLM_MAX_TOKENS",
+    "USER_RATE_LIMIT",
+    "USER_RATE_WINDOW_SECS",
+    "REPLY_QUEUE",
+    "LLM_TIMEOUT_SECS",
+    "SHUTDOWN_TIMEOUT_SECS",
     "RUST_LOG",
     // Where the server's compose finds Postgres, and Discord (a stand-in, in tests).
     "POSTGRES_IMAGE",
@@ -141,5 +148,29 @@ mod tests {
         let err = env.require(SSH_VARS).unwrap_err().to_string();
         assert!(err.contains("SSH_USER, SSH_PRIVATE_KEY, SSH_KNOWN_HOSTS"), "{err}");
         assert!(!err.contains("SSH_HOST"), "{err}");
+    }
+
+    /// `cargo xtask secrets` copies exactly these names to the server: a bot setting that
+    /// `.env.example` documents but that is missing here would silently never reach production.
+    #[test]
+    fn every_bot_setting_in_the_example_reaches_the_server() {
+        let example = include_str!("../../.env.example");
+        let bot_section = example
+            .split("# --- ")
+            .find(|section| section.starts_with("the bot"))
+            .expect(".env.example has a `# --- the bot` section");
+        let names: Vec<&str> = bot_section
+            .lines()
+            .skip(1)
+            .map(|line| line.trim_start_matches('#').trim())
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        assert!(names.len() > 10, "too few names found in .env.example: {names:?}");
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|name| !APP_VARS.contains(name) && !OPTIONAL_APP_VARS.contains(name))
+            .collect();
+        assert!(missing.is_empty(), "in .env.example but never written to the server: {missing:?}");
     }
 }
