@@ -7,6 +7,7 @@ pub mod bot;
 pub mod chat;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod http;
 pub mod leader;
 pub mod llm;
