@@ -12,18 +12,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use common::{health_ok_server, SelfSignedTls};
+use common::{docker, health_ok_server, SelfSignedTls};
 
 /// The bound for the whole image, in bytes (`docker image inspect .Size`).
 const MAX_IMAGE_BYTES: u64 = 20_000_000;
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run `docker` ({e}): this test needs a running Docker Engine and the docker CLI on PATH"
-        )
-    })
-}
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

@@ -46,7 +46,7 @@ where
     }
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
+pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().unwrap_or_else(|e| {
         panic!(
             "cannot run `docker` ({e}): these tests need a running Docker Engine and the docker CLI on PATH"
