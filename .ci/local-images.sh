@@ -3,13 +3,14 @@
 # Each is a Debian bookworm root file system (debootstrap) imported with `docker import`:
 #
 #   lattice-local/postgres:15         Debian's PostgreSQL 15 with the official postgres image's contract
-#   lattice-local/debian:bookworm     for debian:bookworm-slim (the bot's runtime base)
 #   lattice-local/rust:1.95-bookworm  for rust:1.95-bookworm: gcc, libc6-dev, pkg-config and this
 #                                     machine's Rust 1.95 toolchain in the official image's layout,
 #                                     trusting the host's local CAs (/usr/local/share/ca-certificates)
 #
-# Usage: .ci/local-images.sh [--force] [postgres|debian|rust]...
-#   An image that already exists is skipped unless --force. Without names, all three are built.
+# The bot's runtime needs none: it is `scratch`, which is never pulled.
+#
+# Usage: .ci/local-images.sh [--force] [postgres|rust]...
+#   An image that already exists is skipped unless --force. Without names, both are built.
 # Needs root, debootstrap and a running Docker Engine. Env: DEBIAN_MIRROR (default deb.debian.org),
 # RUST_SYSROOT (the 1.95 toolchain to copy; default: `rustc +1.95.0 --print sysroot`).
 set -euo pipefail
@@ -23,7 +24,6 @@ BASE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 declare -A IMAGE=(
 	[postgres]=lattice-local/postgres:15
-	[debian]=lattice-local/debian:bookworm
 	[rust]=lattice-local/rust:1.95-bookworm
 )
 
@@ -37,17 +37,17 @@ wanted=()
 for arg in "$@"; do
 	case "$arg" in
 	--force) force=true ;;
-	postgres | debian | rust) wanted+=("$arg") ;;
+	postgres | rust) wanted+=("$arg") ;;
 	-h | --help)
 		awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 		exit 0
 		;;
-	*) die "unknown argument '$arg' (expected --force, postgres, debian or rust)" ;;
+	*) die "unknown argument '$arg' (expected --force, postgres or rust)" ;;
 	esac
 done
 if [ ${#wanted[@]} -eq 0 ]; then
 	# Postgres first: test suites wait for it.
-	wanted=(postgres debian rust)
+	wanted=(postgres rust)
 fi
 
 # Work directories, unmounted and removed on exit whatever happens.
@@ -98,12 +98,6 @@ import_rootfs() {
 		changes+=(--change "$change")
 	done
 	tar -C "$ROOTFS" --numeric-owner -c . | docker import "${changes[@]}" - "$name" >/dev/null
-}
-
-build_debian() {
-	new_rootfs
-	bootstrap ""
-	import_rootfs "${IMAGE[debian]}" "ENV PATH=$BASE_PATH" 'CMD ["bash"]'
 }
 
 build_postgres() {

@@ -16,6 +16,9 @@ pub const SECRET_VARS: &[&str] =
     &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "DATABASE_URL"];
 
 pub const DEFAULT_OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
+/// Discord's REST API and gateway, where twilight goes unless pointed at a stand-in.
+pub const DEFAULT_DISCORD_API_URL: &str = "https://discord.com/api/v10";
+pub const DEFAULT_DISCORD_GATEWAY_URL: &str = "wss://gateway.discord.gg";
 pub const DEFAULT_OPENROUTER_MODEL: &str = "openrouter/auto";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
@@ -202,21 +205,12 @@ impl DbConfig {
 }
 
 fn read_db(r: &mut Reader<'_>) -> Option<DbConfig> {
-    if let Some(url) = r.env.get("DATABASE_URL") {
-        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        return match url.parse::<PgConnectOptions>() {
-            Ok(options) if scheme_ok => {
-                let display = format!("{}:{}", options.get_host(), options.get_port());
-                Some(DbConfig { options, display })
-            }
-            _ => {
-                r.invalid("DATABASE_URL", "not a valid postgres:// URL (value not shown)");
-                None
-            }
-        };
+    if r.env.get("DATABASE_URL").is_some() {
+        let options = read_db_url(r)?;
+        let display = format!("{}:{}", options.get_host(), options.get_port());
+        return Some(DbConfig { options, display });
     }
-    let host = r.env.get("POSTGRES_HOST").unwrap_or("postgres").to_owned();
-    let port = r.number("POSTGRES_PORT", 5432u16, 1, u16::MAX);
+    let (host, port) = read_db_server(r);
     let user = r.env.get("POSTGRES_USER");
     let password = r.env.get("POSTGRES_PASSWORD");
     let db = r.env.get("POSTGRES_DB");
@@ -233,6 +227,38 @@ fn read_db(r: &mut Reader<'_>) -> Option<DbConfig> {
     let options =
         PgConnectOptions::new().host(&host).port(port).username(user?).password(password?).database(db?);
     Some(DbConfig { options, display: format!("{host}:{port}") })
+}
+
+/// `DATABASE_URL`, which must be set.
+fn read_db_url(r: &mut Reader<'_>) -> Option<PgConnectOptions> {
+    let url = r.env.get("DATABASE_URL")?;
+    let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    match url.parse::<PgConnectOptions>() {
+        Ok(options) if scheme_ok => Some(options),
+        _ => {
+            r.invalid("DATABASE_URL", "not a valid postgres:// URL (value not shown)");
+            None
+        }
+    }
+}
+
+/// `POSTGRES_HOST` (default `postgres`, the compose service) and `POSTGRES_PORT`.
+fn read_db_server(r: &mut Reader<'_>) -> (String, u16) {
+    let host = r.env.get("POSTGRES_HOST").unwrap_or("postgres").to_owned();
+    let port = r.number("POSTGRES_PORT", 5432u16, 1, u16::MAX);
+    (host, port)
+}
+
+/// The database server's host and port, from the same variables as [`DbConfig`] but without
+/// needing credentials: what `lattice-bot doctor` checks.
+pub fn db_server_from_env(env: &Env) -> Result<(String, u16), ConfigError> {
+    let mut r = Reader { env, err: ConfigError::default() };
+    let server = if env.get("DATABASE_URL").is_some() {
+        read_db_url(&mut r).map(|options| (options.get_host().to_owned(), options.get_port()))
+    } else {
+        Some(read_db_server(&mut r))
+    };
+    r.finish(|| server.expect("no error means a server"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +411,30 @@ pub fn http_port_from_env(env: &Env) -> Result<u16, ConfigError> {
     let mut r = Reader { env, err: ConfigError::default() };
     let port = r.number("HTTP_PORT", DEFAULT_HTTP_PORT, 1, u16::MAX);
     r.finish(|| port)
+}
+
+/// The remote services the bot talks to, as configured (each with a name for messages): Discord's
+/// REST API and gateway, and OpenRouter. What `lattice-bot doctor` checks by default.
+pub fn remote_urls_from_env(env: &Env) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let mut r = Reader { env, err: ConfigError::default() };
+    let urls = vec![
+        (
+            "Discord API",
+            r.url("DISCORD_API_URL", &["http", "https"])
+                .unwrap_or_else(|| DEFAULT_DISCORD_API_URL.to_owned()),
+        ),
+        (
+            "Discord gateway",
+            r.url("DISCORD_GATEWAY_URL", &["ws", "wss"])
+                .unwrap_or_else(|| DEFAULT_DISCORD_GATEWAY_URL.to_owned()),
+        ),
+        (
+            "OpenRouter",
+            r.url("OPENROUTER_BASE_URL", &["https", "http"])
+                .unwrap_or_else(|| DEFAULT_OPENROUTER_BASE_URL.to_owned()),
+        ),
+    ];
+    r.finish(|| urls)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod db;
 pub mod discord;
+pub mod doctor;
 pub mod http;
 pub mod leader;
 pub mod llm;

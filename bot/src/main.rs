@@ -2,11 +2,12 @@
 //!     lattice-bot — the Lattice Discord bot and its companions
 //!
 //! SYNOPSIS
-//!     lattice-bot run | migrate | healthcheck | schema | discord-standin | chat
+//!     lattice-bot run | migrate | healthcheck | doctor | schema | discord-standin | chat
 //!
 //! DESCRIPTION
-//!     `run` is the bot. The others serve deploys (`migrate`, `healthcheck`, `schema`) and
-//!     development (`discord-standin`, `chat`). Logs are JSON lines on stderr.
+//!     `run` is the bot. The others serve deploys (`migrate`, `healthcheck`, `schema`), a look
+//!     inside a container that has no shell (`doctor`) and development (`discord-standin`, `chat`).
+//!     Logs are JSON lines on stderr.
 
 use std::process::ExitCode;
 
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use lattice_bot::{
     bot, chat,
     config::{self, Config, DbConfig, Env},
-    db, http, standin,
+    db, doctor, http, standin,
 };
 
 #[derive(Parser)]
@@ -32,6 +33,9 @@ enum Command {
     Migrate,
     /// Probe this container's own /health; exit 0 only when it answers 200.
     Healthcheck,
+    /// Check what the bot needs from where it runs: a writable /tmp, the database host resolving
+    /// and taking TCP connections, and verified TLS to Discord and OpenRouter (or `--url`s).
+    Doctor(doctor::DoctorArgs),
     /// Print the embedded migration head as JSON, without touching a database.
     Schema,
     /// Serve a stand-in for Discord (REST, gateway v10, control API) for development and tests.
@@ -96,6 +100,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => http::probe(config::http_port_from_env(&env)?).await,
+        Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor::run(args, &env)).await?,
         Command::Schema => {
             println!("{}", serde_json::to_string(&db::schema_info())?);
             Ok(())

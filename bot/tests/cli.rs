@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 fn help_lists_every_subcommand() {
     let (ok, text) = run(&["--help"], &[]);
     assert!(ok, "{text}");
-    for sub in ["run", "migrate", "healthcheck", "schema", "discord-standin", "chat"] {
+    for sub in ["run", "migrate", "healthcheck", "doctor", "schema", "discord-standin", "chat"] {
         assert!(text.lines().any(|l| l.trim_start().starts_with(sub)), "`{sub}` missing from:\n{text}");
     }
 }

@@ -14,8 +14,8 @@
 //!     refused. `--allow-dirty` builds the work tree instead, says loudly that the tag does not match
 //!     the commit, and records `<sha>-dirty` as the image's revision.
 //!
-//!     Build args: RUST_IMAGE and RUNTIME_IMAGE from the environment when set (local stand-ins for
-//!     the public base images); always GIT_SHA, CREATED (RFC 3339, UTC), SOURCE (the GitHub
+//!     Build args: RUST_IMAGE from the environment when set (a local stand-in for the public build
+//!     image; the runtime is `scratch`, which is never pulled); always GIT_SHA, CREATED (RFC 3339, UTC), SOURCE (the GitHub
 //!     repository in Actions, else the `origin` remote without credentials), SCHEMA_HEAD and
 //!     SCHEMA_BACKWARD_COMPATIBLE (from `bot/migrations/*.sql`, see [`Schema`]).
 //!
@@ -296,7 +296,9 @@ fn build_image(
         sh.create_dir(&tree)?;
         let sha = &revision.sha;
         plan.run(cmd!(sh, "git archive --format=tar --output {tar} {sha}"))?;
-        plan.run(cmd!(sh, "tar -xf {tar} -C {tree}"))?;
+        // With the modes a checkout has (git archive writes 0664 files; the umask makes them what
+        // a clone's are), so a build from the work tree and one from a commit share cached layers.
+        plan.run(cmd!(sh, "tar -xf {tar} -C {tree} --no-same-permissions"))?;
         tree
     };
 
@@ -324,8 +326,8 @@ fn build_image(
     plan.run(build.arg(&context)).with_context(|| format!("building {}", image.sha_ref()))
 }
 
-/// The build args, in a stable order. Base images only when set, so the Dockerfile's public
-/// defaults apply otherwise.
+/// The build args, in a stable order. The build image only when set, so the Dockerfile's public
+/// default applies otherwise.
 fn build_args(
     env: &Env,
     revision: &str,
@@ -334,10 +336,8 @@ fn build_args(
     schema: &Schema,
 ) -> Vec<(&'static str, String)> {
     let mut args = Vec::new();
-    for name in ["RUST_IMAGE", "RUNTIME_IMAGE"] {
-        if let Some(value) = env.get(name) {
-            args.push((name, value.to_string()));
-        }
+    if let Some(value) = env.get("RUST_IMAGE") {
+        args.push(("RUST_IMAGE", value.to_string()));
     }
     args.push(("GIT_SHA", revision.to_string()));
     args.push(("CREATED", created.to_string()));
@@ -618,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn base_images_are_passed_only_when_set() {
+    fn the_build_image_is_passed_only_when_set() {
         let schema = Schema { head: 2, backward_compatible: vec![2] };
         let args = build_args(&Env::from_pairs([]), "abc", "2026-01-01T00:00:00Z", "", &schema);
         let names: Vec<_> = args.iter().map(|(n, _)| *n).collect();
@@ -626,7 +626,7 @@ mod tests {
         let env = Env::from_pairs([("RUST_IMAGE", "local/rust:1"), ("RUNTIME_IMAGE", "local/debian")]);
         let args = build_args(&env, "abc", "t", "s", &schema);
         assert_eq!(args[0], ("RUST_IMAGE", "local/rust:1".to_string()));
-        assert_eq!(args[1], ("RUNTIME_IMAGE", "local/debian".to_string()));
+        assert_eq!(args[1].0, "GIT_SHA", "no runtime base image to pass: it is scratch");
         assert!(args.contains(&("SCHEMA_BACKWARD_COMPATIBLE", "2".to_string())));
     }
 

@@ -46,7 +46,7 @@ where
     }
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
+pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().unwrap_or_else(|e| {
         panic!(
             "cannot run `docker` ({e}): these tests need a running Docker Engine and the docker CLI on PATH"
@@ -481,4 +481,90 @@ impl Stack {
         bot.wait_healthy().await;
         Stack { bot, discord, llm, llm_url, pg }
     }
+}
+
+/// A TLS server on loopback whose certificate is self-signed (`tests/fixtures/self-signed.*`, for
+/// `localhost` and 127.0.0.1, valid 2000–2999): a client that verifies against public roots must
+/// refuse it. Each connection gets a handshake and is closed; the server runs until the test ends.
+pub struct SelfSignedTls {
+    pub port: u16,
+    /// What the server saw go wrong in each handshake (the client's alert, when it refused).
+    pub handshake_errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl SelfSignedTls {
+    pub fn start() -> Self {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let cert = CertificateDer::from_pem_slice(include_bytes!("../fixtures/self-signed.crt")).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("../fixtures/self-signed.key")).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
+        let config = Arc::new(config);
+        // Loopback: a container on the host's network (`docker run --network host`) reaches it too.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshake_errors = Arc::new(Mutex::new(Vec::new()));
+        let errors = handshake_errors.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                while conn.is_handshaking() {
+                    if let Err(e) = conn.complete_io(&mut stream) {
+                        errors.lock().unwrap().push(e.to_string());
+                        break;
+                    }
+                }
+            }
+        });
+        SelfSignedTls { port, handshake_errors }
+    }
+
+    /// The handshake errors once `n` handshakes have failed (the last may still be in progress
+    /// when the client has exited), failing the test after `DEADLINE`.
+    pub fn failed_handshakes(&self, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let errors = self.handshake_errors.lock().unwrap().clone();
+            if errors.len() >= n {
+                return errors;
+            }
+            assert!(std::time::Instant::now() < deadline, "{n} failed handshakes expected, saw {errors:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// An HTTP server on loopback answering every request with 200 and `{"status":"ok"}`, as the bot's
+/// `/health` does; runs until the test ends. Returns its port.
+pub fn health_ok_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"{"status":"ok"}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
+    port
 }
