@@ -210,7 +210,7 @@ async fn gateway_loop(
                 }
                 Some(Ok(Event::MessageCreate(m))) => {
                     if m.channel_id == ctx.cfg.main_channel_id {
-                        intake.accept(m.0);
+                        intake.accept(m.message);
                     }
                 }
                 Some(Ok(_)) => {}
@@ -222,15 +222,16 @@ async fn gateway_loop(
     health.set_gateway(GatewayState::ShuttingDown);
     shard.close(CloseFrame::RESUME);
     // Let the shard send the close frame; a resumable close keeps the session valid for a successor.
-    // The shard reconnects by itself once the socket is gone, but only after a 1 s back-off, so
-    // polling for half a second flushes the close without starting a new connection.
+    // Polling stops at the close: the shard would reconnect on the next poll.
     // Messages that still arrive before the close count in the stored sequence, so a successor
     // resumes after them: handle them here (they join the queued replies) or they are lost.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Some(ev) = shard.next_event(wanted).await {
             match ev {
                 Ok(Event::GatewayClose(_)) => break,
-                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => intake.accept(m.0),
+                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => {
+                    intake.accept(m.message)
+                }
                 _ => {}
             }
         }
