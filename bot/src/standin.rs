@@ -14,7 +14,8 @@
 //! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
 //!   `POST /control/reconnect` asks clients to reconnect (opcode 7)
 //! - `GET  /control/state` → connection, identify and resume counts, live sessions now (`live`: an
-//!   identified or resumed connection still open) and at most (`max_live`); REST requests, 429s
+//!   identified or resumed connection still open) and at most (`max_live`), each time with no live
+//!   session between two (`session_gaps_ms`: the gateway gap of a handover); REST requests, 429s
 //!   served and the most REST requests seen in any one second
 //! - `POST /control/invalidate` forgets every session and drops every connection: the next RESUME
 //!   gets opcode 9 `d:false` and the client must IDENTIFY (a gap only a backfill closes)
@@ -145,6 +146,9 @@ struct Inner {
     /// Connections with an identified or resumed session, now and at most.
     live: u64,
     max_live: u64,
+    /// When the last live session ended with none left, and each gap until the next one, in ms.
+    none_live_since: Option<std::time::Instant>,
+    session_gaps_ms: Vec<u64>,
     identifies: u64,
     resumes: u64,
     /// Bumped to drop (`drops`) or reconnect (`reconnects`) every live connection.
@@ -560,6 +564,9 @@ async fn gateway(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocket
         s.update(|i| {
             i.connections -= 1;
             i.live -= u64::from(live);
+            if live && i.live == 0 {
+                i.none_live_since = Some(std::time::Instant::now());
+            }
         });
     })
 }
@@ -581,6 +588,9 @@ async fn connection(
             *live = true;
             i.live += 1;
             i.max_live = i.max_live.max(i.live);
+            if let Some(since) = i.none_live_since.take() {
+                i.session_gaps_ms.push(since.elapsed().as_millis() as u64);
+            }
         }
     };
     let mut changed = s.changed.subscribe();
@@ -782,6 +792,7 @@ async fn control_state(State(s): State<Arc<Shared>>) -> Json<Value> {
             "connections": i.connections,
             "live": i.live,
             "max_live": i.max_live,
+            "session_gaps_ms": i.session_gaps_ms,
             "identifies": i.identifies,
             "resumes": i.resumes,
             "posted": i.posted.len(),
