@@ -1,13 +1,23 @@
-//! `lattice-bot run`: the gateway loop, message handling and graceful shutdown.
+//! `lattice-bot run`: the gateway loop, message handling, handover and graceful shutdown.
 //!
 //! Work flows through bounded stages, so a flood costs bounded memory and money:
 //! the gateway loop only decides (per-user limit, empty messages, repeats) and hands messages on
 //! without waiting; a reply queue of `REPLY_QUEUE` messages feeds `LLM_CONCURRENCY` workers (the
 //! only place the LLM is called); everything not answered goes to a store queue, written by one task.
 //! A full reply queue drops the answer (the message is still stored) and says so in the dream channel.
+//!
+//! Nothing is lost or answered twice across a handover or a crash:
+//! - the leader checkpoints its session every second, conservatively: the sequence and message id
+//!   below which every message is stored ([`Progress`]); a successor RESUMEs from there and the
+//!   replay is deduplicated on message id (`messages`, `handled_messages`);
+//! - a claim to answer is a lease, renewed while the reply is worked on; the leader re-takes claims
+//!   whose lease ran out unanswered, and every reply part carries a nonce Discord enforces, so a post
+//!   retried after a crash returns the first message instead of a second;
+//! - a session that cannot be resumed (READY instead of RESUMED) is followed by a backfill over REST
+//!   of the main channel's messages after the checkpoint.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::Future,
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::Duration,
@@ -33,8 +43,8 @@ use twilight_model::{
 
 use crate::{
     config::Config,
-    db::{self, MessageKind, PromptAudit, StoredMessage},
-    discord::{AllowedMentions, DiscordRest},
+    db::{self, Checkpoint, MessageKind, PromptAudit, StoredMessage},
+    discord::{reply_nonce, AllowedMentions, DiscordRest},
     http::{GatewayState, Health},
     leader::Leadership,
     llm::Llm,
@@ -47,6 +57,8 @@ const STORE_QUEUE: usize = 1000;
 const RECENT_IDS: usize = 1024;
 /// Dropped answers are summed up in one dream-channel line at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(2);
+/// A backfill reads at most this many pages of 100 messages.
+const BACKFILL_PAGES: usize = 20;
 
 /// What every message handler needs.
 struct Ctx {
@@ -54,6 +66,7 @@ struct Ctx {
     discord: DiscordRest,
     llm: Llm,
     health: Arc<Health>,
+    progress: Progress,
     drops: Mutex<Vec<u64>>,
     dropped: Notify,
 }
@@ -68,15 +81,66 @@ enum Answer {
 }
 
 struct Job {
-    msg: Message,
+    msg: StoredMessage,
     answer: Answer,
 }
 
-/// Runs until SIGTERM/SIGINT, then stops taking events, lets in-flight replies finish within
-/// `SHUTDOWN_TIMEOUT_SECS`, stores the gateway session for a successor and returns.
+/// How far the gateway's messages are safely stored, for the checkpoint a successor starts from.
+/// A message counts from the moment the gateway loop takes it until it is stored (or given up).
+#[derive(Default)]
+struct Progress(Mutex<ProgressState>);
+
+#[derive(Default)]
+struct ProgressState {
+    session: Option<(String, Option<String>)>,
+    /// The sequence of the last event received.
+    latest_seq: u64,
+    /// The newest main-channel message id received.
+    latest_message: Option<u64>,
+    /// Message id → the sequence it came with (`None`: an earlier session's, or a backfill's).
+    in_flight: BTreeMap<u64, Option<u64>>,
+    /// While a backfill runs: the id it reads after.
+    backfill_floor: Option<u64>,
+}
+
+impl Progress {
+    fn with<T>(&self, f: impl FnOnce(&mut ProgressState) -> T) -> T {
+        f(&mut self.0.lock().expect("progress"))
+    }
+
+    fn begin(&self, id: u64, seq: Option<u64>) {
+        self.with(|p| {
+            p.in_flight.insert(id, seq);
+            if seq.is_some() {
+                p.latest_message = p.latest_message.max(Some(id));
+            }
+        });
+    }
+
+    fn done(&self, id: u64) {
+        self.with(|p| p.in_flight.remove(&id));
+    }
+
+    /// Where a successor should start: before the oldest message not yet stored.
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        self.with(|p| {
+            let (session_id, resume_url) = p.session.clone()?;
+            let oldest_seq = p.in_flight.values().flatten().min().copied();
+            let sequence = oldest_seq.map_or(p.latest_seq, |s| s.saturating_sub(1));
+            let oldest_id = p.in_flight.keys().next().map(|id| id - 1);
+            let last_message_id =
+                [oldest_id.or(p.latest_message), p.backfill_floor].into_iter().flatten().min();
+            Some(Checkpoint { session_id, sequence, resume_url, last_message_id })
+        })
+    }
+}
+
+/// Runs until SIGTERM/SIGINT: stands by while another instance leads, leads when it can (and
+/// stands by again if it loses the lock), then hands over: stops taking events, stores the session
+/// for a successor, releases the lock and lets in-flight replies finish within `SHUTDOWN_TIMEOUT_SECS`.
 pub async fn run(cfg: Config) -> Result<()> {
     let pool = db::pool(&cfg.db);
-    let health = Health::new(pool.clone(), cfg.git_sha.clone());
+    let health = Health::new(pool.clone(), cfg.git_sha.clone(), cfg.gateway_grace);
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.http_port))
         .await
         .with_context(|| format!("binding the HTTP port 0.0.0.0:{} (HTTP_PORT)", cfg.http_port))?;
@@ -104,25 +168,42 @@ pub async fn run(cfg: Config) -> Result<()> {
         llm: Llm::new(&cfg)?,
         health,
         cfg,
+        progress: Progress::default(),
         drops: Mutex::default(),
         dropped: Notify::new(),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let standby = ctx.health.clone();
-    let leadership = tokio::select! {
-        l = Leadership::acquire(&ctx.cfg.db, move || standby.set_gateway(GatewayState::Standby)) => l,
-        () = &mut shutdown => {
-            tracing::info!("stopped while standing by");
-            return Ok(());
+    loop {
+        let standby = ctx.health.clone();
+        let leadership = tokio::select! {
+            l = Leadership::acquire(&ctx.cfg.db, move || standby.set_gateway(GatewayState::Standby)) => l,
+            () = &mut shutdown => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        };
+        ctx.health.set_gateway(GatewayState::Connecting);
+        tracing::info!("holding the leader lock; connecting to the gateway");
+        match lead(ctx.clone(), leadership, &mut shutdown).await? {
+            Led::Shutdown => return Ok(()),
+            Led::SteppedDown => {
+                ctx.health.set_gateway(GatewayState::Standby);
+                tracing::warn!("stepped down; standing by to lead again");
+            }
         }
-    };
-    ctx.health.set_gateway(GatewayState::Connecting);
-    tracing::info!("holding the leader lock; connecting to the gateway");
-    let shard = connect_shard(&ctx).await;
-    gateway_loop(ctx, shard, leadership, shutdown).await
+    }
 }
 
+/// How a term as leader ended.
+enum Led {
+    Shutdown,
+    /// The lock could not be confirmed: this instance stopped handling events and stands by again.
+    SteppedDown,
+}
+
+/// The stored checkpoint at the start of a term: the shard resumes its session when Discord still
+/// can; its message id is where a backfill starts if it cannot.
 async fn connect_shard(ctx: &Ctx) -> Shard {
     let cfg = &ctx.cfg;
     let intents = Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::MESSAGE_CONTENT;
@@ -130,26 +211,41 @@ async fn connect_shard(ctx: &Ctx) -> Shard {
     if let Some(url) = &cfg.discord.gateway_url {
         builder = builder.proxy_url(url.clone());
     }
-    // A predecessor that shut down cleanly left its session: resume it so Discord replays what we
-    // missed instead of starting a new session with a gap.
-    if let Ok(Ok(Some((id, seq, url)))) =
-        tokio::time::timeout(Duration::from_secs(3), db::take_session(&ctx.health.pool, 0)).await
-    {
-        tracing::info!(sequence = seq, "resuming the stored gateway session");
-        builder = builder.session(Session::new(seq, id));
-        if let Some(url) = url {
-            builder = builder.resume_url(url);
+    let stored = tokio::time::timeout(Duration::from_secs(3), db::load_checkpoint(&ctx.health.pool, 0)).await;
+    // Without a stored one, this process's own last checkpoint (a term that ended before its first write).
+    let own = ctx.progress.checkpoint().map(|c| (c, true));
+    let stored = match stored {
+        Ok(Ok(c)) => c.or(own),
+        _ => {
+            tracing::warn!("could not read the stored gateway session");
+            own
+        }
+    };
+    ctx.progress.with(|p| *p = ProgressState::default());
+    if let Some((c, resumable)) = stored {
+        ctx.progress.with(|p| p.latest_message = c.last_message_id);
+        if resumable {
+            tracing::info!(sequence = c.sequence, "resuming the stored gateway session");
+            ctx.progress.with(|p| {
+                p.session = Some((c.session_id.clone(), c.resume_url.clone()));
+                p.latest_seq = c.sequence;
+            });
+            builder = builder.session(Session::new(c.sequence, c.session_id));
+            if let Some(url) = c.resume_url {
+                builder = builder.resume_url(url);
+            }
         }
     }
     Shard::with_config(ShardId::ONE, builder.build())
 }
 
-async fn gateway_loop(
+/// One term as leader: the gateway loop, until shutdown or a lock that cannot be confirmed.
+async fn lead(
     ctx: Arc<Ctx>,
-    mut shard: Shard,
     leadership: Leadership,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Led> {
+    let mut shard = connect_shard(&ctx).await;
     let wanted = EventTypeFlags::READY
         | EventTypeFlags::RESUMED
         | EventTypeFlags::MESSAGE_CREATE
@@ -157,95 +253,124 @@ async fn gateway_loop(
     let health = ctx.health.clone();
     let (mut intake, mut workers) = Intake::start(ctx.clone());
     let reporter = tokio::spawn(report_drops(ctx.clone()));
+    let sweeper = tokio::spawn(retake_expired(ctx.clone(), intake.replies.clone()));
+    let (backfill_tx, mut backfilled) = mpsc::channel::<Option<Message>>(100);
+    let mut backfill: Option<tokio::task::JoinHandle<()>> = None;
     let mut sessions = 0u64;
-    let mut lost_lock = false;
-    let mut leader = leadership.keep();
-    tokio::pin!(shutdown);
-    loop {
+    let (cp, live) = (ctx.clone(), ctx.clone());
+    let mut leader = leadership.keep(
+        Arc::new(move || cp.progress.checkpoint()),
+        Arc::new(move || live.health.gateway() == GatewayState::Connected),
+    );
+    let outcome = loop {
         tokio::select! {
-            () = &mut shutdown => break,
-            Ok(()) = &mut leader.lost => {
-                tracing::error!("another instance took the leader lock; stepping down");
-                lost_lock = true;
-                break;
-            }
-            event = shard.next_event(wanted) => match event {
-                None => break,
-                Some(Err(e)) => match e.kind() {
-                    // The payload is a user's message: log what it was, never what it said.
-                    ReceiveMessageErrorType::Deserializing { event } => {
-                        health.metrics.gateway_unreadable.fetch_add(1, Relaxed);
-                        tracing::warn!(
-                            event_type = %event_type(event),
-                            bytes = event.len(),
-                            "a gateway event could not be deserialised; skipped"
-                        );
-                    }
-                    _ => tracing::warn!(error = %e, "gateway error; twilight reconnects"),
-                },
-                Some(Ok(Event::Ready(ready))) => {
-                    sessions += 1;
-                    if sessions > 1 {
-                        health.metrics.reconnects.fetch_add(1, Relaxed);
-                        tracing::warn!("gateway READY after a lost session: events may have been missed");
-                    }
-                    health.set_gateway(GatewayState::Connected);
-                    tracing::info!(user = %ready.user.name, "gateway ready");
-                }
-                Some(Ok(Event::Resumed)) => {
-                    // The first session of a process resuming its predecessor's is a start, not a reconnect.
-                    if sessions > 0 {
-                        health.metrics.reconnects.fetch_add(1, Relaxed);
-                    }
-                    sessions += 1;
-                    health.set_gateway(GatewayState::Connected);
-                    tracing::info!("gateway session resumed");
-                }
-                Some(Ok(Event::GatewayClose(frame))) => {
-                    health.set_gateway(GatewayState::Disconnected);
-                    tracing::warn!(code = frame.map(|f| f.code), "gateway connection closed; reconnecting");
-                }
-                Some(Ok(Event::GatewayInvalidateSession(resumable))) => {
-                    tracing::warn!(resumable, "gateway session invalidated");
-                }
-                Some(Ok(Event::MessageCreate(m))) => {
-                    if m.channel_id == ctx.cfg.main_channel_id {
-                        intake.accept(m.0);
-                    }
-                }
-                Some(Ok(_)) => {}
+            () = &mut *shutdown => break Led::Shutdown,
+            _ = leader.lost.changed() => break Led::SteppedDown,
+            Some(m) = backfilled.recv() => match m {
+                Some(m) => intake.accept(m, None),
+                None => ctx.progress.with(|p| p.backfill_floor = None),
             },
+            event = shard.next_event(wanted) => {
+                let Some(event) = event else { break Led::Shutdown };
+                if let Some(session) = shard.session() {
+                    let (id, seq, url) = (session.id().to_owned(), session.sequence(), shard.resume_url().map(str::to_owned));
+                    ctx.progress.with(|p| {
+                        p.latest_seq = seq;
+                        p.session = Some((id, url));
+                    });
+                }
+                match event {
+                    Err(e) => match e.kind() {
+                        // The payload is a user's message: log what it was, never what it said.
+                        ReceiveMessageErrorType::Deserializing { event } => {
+                            health.metrics.gateway_unreadable.fetch_add(1, Relaxed);
+                            tracing::warn!(
+                                event_type = %event_type(event),
+                                bytes = event.len(),
+                                "a gateway event could not be deserialised; skipped"
+                            );
+                        }
+                        _ => {
+                            health.set_gateway(GatewayState::Disconnected);
+                            tracing::warn!(error = %e, "gateway error; twilight reconnects");
+                        }
+                    },
+                    Ok(Event::Ready(ready)) => {
+                        sessions += 1;
+                        health.metrics.identifies.fetch_add(1, Relaxed);
+                        if sessions > 1 {
+                            health.metrics.reconnects.fetch_add(1, Relaxed);
+                        }
+                        // A new session: what was in flight keeps its place by id, not by sequence.
+                        let after = ctx.progress.with(|p| {
+                            p.in_flight.values_mut().for_each(|s| *s = None);
+                            let after = p.in_flight.keys().next().map(|id| id - 1).or(p.latest_message);
+                            p.backfill_floor = after;
+                            after
+                        });
+                        if let Some(after) = after {
+                            tracing::warn!(after, "new gateway session (READY): backfilling the main channel");
+                            if let Some(old) = backfill.replace(tokio::spawn(read_back(ctx.clone(), after, backfill_tx.clone()))) {
+                                old.abort();
+                            }
+                        }
+                        health.set_gateway(GatewayState::Connected);
+                        tracing::info!(user = %ready.user.name, "gateway ready");
+                    }
+                    Ok(Event::Resumed) => {
+                        // The first session of a process resuming its predecessor's is a start, not a reconnect.
+                        if sessions > 0 {
+                            health.metrics.reconnects.fetch_add(1, Relaxed);
+                        }
+                        sessions += 1;
+                        health.metrics.resumes.fetch_add(1, Relaxed);
+                        health.set_gateway(GatewayState::Connected);
+                        tracing::info!("gateway session resumed");
+                    }
+                    Ok(Event::GatewayClose(frame)) => {
+                        health.set_gateway(GatewayState::Disconnected);
+                        tracing::warn!(code = frame.map(|f| f.code), "gateway connection closed; reconnecting");
+                    }
+                    Ok(Event::GatewayInvalidateSession(resumable)) => {
+                        tracing::warn!(resumable, "gateway session invalidated");
+                    }
+                    Ok(Event::MessageCreate(m)) => {
+                        if m.channel_id == ctx.cfg.main_channel_id {
+                            let seq = shard.session().map(|s| s.sequence());
+                            intake.accept(m.message, seq);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
+    };
+    if let Some(b) = backfill {
+        b.abort();
+    }
+    sweeper.abort();
+
+    if let Led::SteppedDown = outcome {
+        // Another instance may lead already: stop at once. Whatever was unfinished is re-taken by
+        // the next leader (replay, backfill or expired lease); nonces keep re-posted parts single.
+        health.set_gateway(GatewayState::ShuttingDown);
+        shard.close(CloseFrame::RESUME);
+        flush_close(&ctx, &mut shard, wanted, None).await;
+        drop(shard);
+        drop(intake);
+        workers.abort_all();
+        reporter.abort();
+        return Ok(Led::SteppedDown);
     }
 
     tracing::info!(queued = intake.queued(), "shutting down: no new events");
     health.set_gateway(GatewayState::ShuttingDown);
     shard.close(CloseFrame::RESUME);
-    // Let the shard send the close frame; a resumable close keeps the session valid for a successor.
-    // The shard reconnects by itself once the socket is gone, but only after a 1 s back-off, so
-    // polling for half a second flushes the close without starting a new connection.
-    // Messages that still arrive before the close count in the stored sequence, so a successor
-    // resumes after them: handle them here (they join the queued replies) or they are lost.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(ev) = shard.next_event(wanted).await {
-            match ev {
-                Ok(Event::GatewayClose(_)) => break,
-                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => intake.accept(m.0),
-                _ => {}
-            }
-        }
-    })
-    .await;
-    if let Some(session) = shard.session() {
-        let stored = tokio::time::timeout(
-            Duration::from_secs(2),
-            db::store_session(&health.pool, 0, session.id(), session.sequence(), shard.resume_url()),
-        )
-        .await;
-        if !matches!(stored, Ok(Ok(()))) {
-            tracing::warn!("could not store the gateway session; the next start identifies afresh");
-        }
-    }
+    flush_close(&ctx, &mut shard, wanted, Some(&mut intake)).await;
+    // Hand over first: the successor resumes before what is still queued here (so it is replayed
+    // to it too); whoever claims a message first answers it, the other sees the claim.
+    leader.release(ctx.progress.checkpoint()).await;
+    tracing::info!("leader lock released");
     // Closing the queues lets the workers finish what is queued, then stop.
     drop(intake);
     let drained = tokio::time::timeout(ctx.cfg.shutdown_timeout, async {
@@ -260,12 +385,74 @@ async fn gateway_loop(
         }
     }
     reporter.abort();
-    // Last: a standby takes over only once the session is stored.
-    leader.release().await;
-    if lost_lock {
-        anyhow::bail!("lost the leader lock to another instance; exiting so this one restarts as a standby");
+    Ok(Led::Shutdown)
+}
+
+/// Lets the shard send the close frame (a resumable close keeps the session valid for a
+/// successor); stops at the close, as the shard would reconnect on the next poll. Messages that
+/// still arrive count in the stored sequence, so they are taken into `intake` when given.
+async fn flush_close(ctx: &Ctx, shard: &mut Shard, wanted: EventTypeFlags, mut intake: Option<&mut Intake>) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(ev) = shard.next_event(wanted).await {
+            match ev {
+                Ok(Event::GatewayClose(_)) => break,
+                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => {
+                    let seq = shard.session().map(|s| s.sequence());
+                    if let Some(intake) = intake.as_deref_mut() {
+                        intake.accept(m.message, seq);
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the main channel's messages after `after` over REST and hands them to the gateway loop
+/// (`None` last). The loop's dedupe and the reply claims skip what was handled already.
+async fn read_back(ctx: Arc<Ctx>, after: u64, to: mpsc::Sender<Option<Message>>) {
+    let mut after = after;
+    let mut total = 0usize;
+    for _ in 0..BACKFILL_PAGES {
+        let page = match ctx.discord.messages_after(ctx.cfg.main_channel_id, Id::new(after.max(1))).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "backfill failed; messages since the last session may go unanswered");
+                break;
+            }
+        };
+        let full = page.len() == 100;
+        total += page.len();
+        for m in page {
+            after = after.max(m.id.get());
+            if to.send(Some(m)).await.is_err() {
+                return;
+            }
+        }
+        if !full {
+            break;
+        }
     }
-    Ok(())
+    ctx.health.metrics.backfilled.fetch_add(total as u64, Relaxed);
+    tracing::info!(messages = total, "backfill done");
+    let _ = to.send(None).await;
+}
+
+/// Re-takes claims whose holder died before replying (their lease expired): queued like new ones.
+async fn retake_expired(ctx: Arc<Ctx>, replies: mpsc::Sender<Job>) {
+    let every = (ctx.cfg.reply_lease / 3).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(expired) = db::expired_claims(&ctx.health.pool, 20).await else { continue };
+        for msg in expired {
+            tracing::warn!(message_id = msg.id, "a reply claim expired unanswered; answering it");
+            ctx.health.metrics.leases_retaken.fetch_add(1, Relaxed);
+            if replies.send(Job { msg, answer: Answer::Reply }).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The `t` of a raw gateway payload, without keeping anything else of it.
@@ -288,7 +475,7 @@ fn event_type(raw: &str) -> String {
 struct Intake {
     ctx: Arc<Ctx>,
     replies: mpsc::Sender<Job>,
-    store: mpsc::Sender<Message>,
+    store: mpsc::Sender<StoredMessage>,
     limiter: UserLimiter,
     recent: VecDeque<u64>,
     recent_set: HashSet<u64>,
@@ -298,7 +485,7 @@ impl Intake {
     /// The intake and the tasks behind it: `LLM_CONCURRENCY` reply workers and one store writer.
     fn start(ctx: Arc<Ctx>) -> (Self, JoinSet<()>) {
         let (replies, reply_rx) = mpsc::channel::<Job>(ctx.cfg.reply_queue);
-        let (to_store, mut store_rx) = mpsc::channel::<Message>(STORE_QUEUE);
+        let (to_store, mut store_rx) = mpsc::channel::<StoredMessage>(STORE_QUEUE);
         let reply_rx = Arc::new(tokio::sync::Mutex::new(reply_rx));
         let mut workers = JoinSet::new();
         for _ in 0..ctx.cfg.llm_concurrency {
@@ -316,7 +503,8 @@ impl Intake {
         let writer = ctx.clone();
         workers.spawn(async move {
             while let Some(msg) = store_rx.recv().await {
-                store(&writer, &msg, MessageKind::Message).await;
+                save(&writer, &msg).await;
+                writer.progress.done(msg.id);
             }
         });
         let limiter = UserLimiter::new(ctx.cfg.user_rate_limit, ctx.cfg.user_rate_window);
@@ -335,7 +523,8 @@ impl Intake {
         self.replies.max_capacity() - self.replies.capacity()
     }
 
-    fn accept(&mut self, msg: Message) {
+    /// Takes a main-channel message that came with gateway sequence `seq` (`None`: from a backfill).
+    fn accept(&mut self, msg: Message, seq: Option<u64>) {
         let metrics = &self.ctx.health.metrics;
         let id = msg.id.get();
         if !self.recent_set.insert(id) {
@@ -349,6 +538,7 @@ impl Intake {
                 self.recent_set.remove(&old);
             }
         }
+        self.ctx.progress.begin(id, seq);
         let answer = if msg.author.bot || msg.webhook_id.is_some() {
             None
         } else if msg.content.trim().is_empty() {
@@ -364,6 +554,7 @@ impl Intake {
                 }
             }
         };
+        let msg = memory_of(&msg, MessageKind::Message);
         let unanswered = match answer {
             None => msg,
             Some(answer) => match self.replies.try_send(Job { msg, answer }) {
@@ -383,6 +574,7 @@ impl Intake {
         };
         if self.store.try_send(unanswered).is_err() {
             metrics.dropped_stores.fetch_add(1, Relaxed);
+            self.ctx.progress.done(id);
             tracing::warn!(message_id = id, "store queue full; message not stored");
         }
     }
@@ -445,8 +637,10 @@ async fn report_drops(ctx: Arc<Ctx>) {
             continue;
         }
         let line = reply::dropped_line(ids.len() as u64, ctx.cfg.reply_queue, &ids);
-        if let Err(e) =
-            ctx.discord.create_message(ctx.cfg.dream_channel_id, &line, None, &AllowedMentions::NONE).await
+        if let Err(e) = ctx
+            .discord
+            .create_message(ctx.cfg.dream_channel_id, &line, None, &AllowedMentions::NONE, None)
+            .await
         {
             tracing::warn!(error = %e, "could not post the dropped-work line to the dream channel");
         }
@@ -522,12 +716,10 @@ fn stored_from(
     }
 }
 
-/// Stores a message and counts it when it is new; `None` when the database failed.
-async fn store(ctx: &Ctx, m: &Message, kind: MessageKind) -> Option<StoredMessage> {
+/// A gateway (or backfilled) message as memory holds it.
+fn memory_of(m: &Message, kind: MessageKind) -> StoredMessage {
     let name = m.author.global_name.as_deref().unwrap_or(&m.author.name);
-    let memory =
-        stored_from(m.id.get(), m.channel_id.get(), m.author.id.get(), name, m.author.bot, &m.content, kind);
-    save(ctx, &memory).await.then_some(memory)
+    stored_from(m.id.get(), m.channel_id.get(), m.author.id.get(), name, m.author.bot, &m.content, kind)
 }
 
 async fn save(ctx: &Ctx, memory: &StoredMessage) -> bool {
@@ -542,22 +734,46 @@ async fn save(ctx: &Ctx, memory: &StoredMessage) -> bool {
     }
 }
 
+/// Stores the message, claims it (a lease, renewed while working) and answers it; marks the
+/// claim replied when done. A crash anywhere leaves a claim that expires and is re-taken.
 async fn handle(ctx: &Ctx, job: Job) {
-    let metrics = &ctx.health.metrics;
     let pool = &ctx.health.pool;
-    let msg = job.msg;
-    let Some(memory) = store(ctx, &msg, MessageKind::Message).await else {
+    let memory = job.msg;
+    let stored = save(ctx, &memory).await;
+    ctx.progress.done(memory.id);
+    if !stored {
         return;
-    };
-    let Some(claimed) = with_db(ctx, "claiming a reply", || db::claim_reply(pool, memory.id)).await else {
+    }
+    let lease = ctx.cfg.reply_lease;
+    let Some(claimed) = with_db(ctx, "claiming a reply", || db::claim_reply(pool, memory.id, lease)).await
+    else {
         return;
     };
     if !claimed {
-        metrics.duplicate_events.fetch_add(1, Relaxed);
+        ctx.health.metrics.duplicate_events.fetch_add(1, Relaxed);
         tracing::info!(message_id = memory.id, "repeated event; already handled");
         return;
     }
-    if job.answer == Answer::LimitNotice {
+    let renew = async {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            if let Err(e) = db::renew_lease(pool, memory.id, lease).await {
+                tracing::warn!(message_id = memory.id, error = %e, "could not renew the reply lease");
+            }
+        }
+    };
+    tokio::select! {
+        () = answer(ctx, &memory, job.answer) => {}
+        () = renew => {}
+    }
+    with_db(ctx, "marking a reply done", || db::mark_replied(pool, memory.id)).await;
+}
+
+async fn answer(ctx: &Ctx, memory: &StoredMessage, answer: Answer) {
+    let metrics = &ctx.health.metrics;
+    let pool = &ctx.health.pool;
+    let (channel, to) = (Id::new(memory.channel_id), Id::new(memory.id));
+    if answer == Answer::LimitNotice {
         metrics.user_limit_notices.fetch_add(1, Relaxed);
         tracing::info!(
             message_id = memory.id,
@@ -565,11 +781,11 @@ async fn handle(ctx: &Ctx, job: Job) {
             "over the per-user limit; one notice"
         );
         let text = reply::user_limit_notice(ctx.cfg.user_rate_limit, ctx.cfg.user_rate_window.as_secs());
-        post_reply(ctx, msg.channel_id, msg.id, &text, MessageKind::Notice).await;
+        post_reply(ctx, channel, to, &text, MessageKind::Notice).await;
         return;
     }
     tracing::info!(message_id = memory.id, "answering");
-    if msg.content.trim() == "!version" {
+    if memory.content.trim() == "!version" {
         let schema =
             db::schema_version(pool).await.map(|v| v.to_string()).unwrap_or_else(|_| "unknown".into());
         let text = format!(
@@ -578,7 +794,7 @@ async fn handle(ctx: &Ctx, job: Job) {
             ctx.cfg.git_sha,
             ctx.health.schema_head
         );
-        post_reply(ctx, msg.channel_id, msg.id, &text, MessageKind::Notice).await;
+        post_reply(ctx, channel, to, &text, MessageKind::Notice).await;
         return;
     }
 
@@ -587,6 +803,7 @@ async fn handle(ctx: &Ctx, job: Job) {
         with_db(ctx, "reading context", || db::recent_messages(pool, memory.channel_id, memory.id, limit))
             .await
             .unwrap_or_else(|| vec![memory.clone()]);
+    let memory = memory.clone();
     let completion = ctx.llm.complete(&reply::prompt(&history)).await;
     let latency_ms = completion.latency.as_millis().min(i32::MAX as u128) as i32;
     metrics.llm_latency.observe(completion.latency);
@@ -605,8 +822,8 @@ async fn handle(ctx: &Ctx, job: Job) {
     }
 
     let parts = match &completion.content {
-        Some(text) => post_reply(ctx, msg.channel_id, msg.id, text, MessageKind::Answer).await,
-        None => post_reply(ctx, msg.channel_id, msg.id, reply::LLM_FAILURE_REPLY, MessageKind::Notice).await,
+        Some(text) => post_reply(ctx, channel, to, text, MessageKind::Answer).await,
+        None => post_reply(ctx, channel, to, reply::LLM_FAILURE_REPLY, MessageKind::Notice).await,
     };
 
     let audit = PromptAudit {
@@ -623,7 +840,7 @@ async fn handle(ctx: &Ctx, job: Job) {
     with_db(ctx, "recording the prompt audit", || db::record_audit(pool, &audit)).await;
     let line = reply::audit_line(&audit, parts);
     if let Err(e) =
-        ctx.discord.create_message(ctx.cfg.dream_channel_id, &line, None, &AllowedMentions::NONE).await
+        ctx.discord.create_message(ctx.cfg.dream_channel_id, &line, None, &AllowedMentions::NONE, None).await
     {
         tracing::warn!(error = %e, "could not post the audit line to the dream channel");
     }
@@ -641,8 +858,9 @@ async fn post_reply(
     let mentions =
         if kind == MessageKind::Answer { AllowedMentions::REPLIED_USER } else { AllowedMentions::NONE };
     let mut posted = 0;
-    for part in reply::split_message(text, reply::DISCORD_MESSAGE_LIMIT) {
-        match ctx.discord.create_message(channel, &part, Some(to), &mentions).await {
+    for (i, part) in reply::split_message(text, reply::DISCORD_MESSAGE_LIMIT).into_iter().enumerate() {
+        let nonce = reply_nonce(to, i);
+        match ctx.discord.create_message(channel, &part, Some(to), &mentions, Some(&nonce)).await {
             Ok(m) => {
                 posted += 1;
                 ctx.health.metrics.reply_parts.fetch_add(1, Relaxed);

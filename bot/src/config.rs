@@ -51,6 +51,8 @@ pub const SETTINGS: &[&str] = &[
     "HTTP_PORT",
     "LATTICE_GIT_SHA",
     "SHUTDOWN_TIMEOUT_SECS",
+    "GATEWAY_GRACE_SECS",
+    "REPLY_LEASE_SECS",
 ];
 
 /// A snapshot of the environment, so parsing is a pure function that unit tests can drive.
@@ -312,6 +314,11 @@ pub struct Config {
     pub http_port: u16,
     pub git_sha: String,
     pub shutdown_timeout: Duration,
+    /// How long the gateway may be down before `/health` says unhealthy (`GATEWAY_GRACE_SECS`).
+    pub gateway_grace: Duration,
+    /// A reply claim's lease, renewed while the reply is worked on; an instance that dies leaves
+    /// it to expire and the leader re-takes it (`REPLY_LEASE_SECS`).
+    pub reply_lease: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -381,6 +388,8 @@ impl Config {
         let http_port = r.number("HTTP_PORT", DEFAULT_HTTP_PORT, 1, u16::MAX);
         let git_sha = env.get("LATTICE_GIT_SHA").unwrap_or("unknown").to_owned();
         let shutdown_timeout = Duration::from_secs(r.number("SHUTDOWN_TIMEOUT_SECS", 8u64, 1, 300));
+        let gateway_grace = Duration::from_secs(r.number("GATEWAY_GRACE_SECS", 10u64, 1, 600));
+        let reply_lease = Duration::from_secs(r.number("REPLY_LEASE_SECS", 30u64, 3, 3600));
         r.finish(|| Config {
             discord_token: discord_token.expect("checked"),
             guild_id: guild_id.expect("checked"),
@@ -402,6 +411,8 @@ impl Config {
             http_port,
             git_sha,
             shutdown_timeout,
+            gateway_grace,
+            reply_lease,
         })
     }
 }

@@ -170,13 +170,68 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Claims the right to answer a message; `false` when it was claimed before (a repeated event).
-pub async fn claim_reply(pool: &PgPool, message_id: u64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("INSERT INTO handled_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
+/// Claims the right to answer a message for `lease`; `false` when it is answered or another
+/// claim's lease still runs (a repeated event). An expired, unanswered claim is taken over: its
+/// holder died mid-reply.
+pub async fn claim_reply(pool: &PgPool, message_id: u64, lease: Duration) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO handled_messages (message_id, lease_until)
+         VALUES ($1, now() + make_interval(secs => $2))
+         ON CONFLICT (message_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, handled_at = now()
+           WHERE handled_messages.replied_at IS NULL AND handled_messages.lease_until < now()",
+    )
+    .bind(message_id as i64)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Extends a claim this instance holds while its reply is still being worked on.
+pub async fn renew_lease(pool: &PgPool, message_id: u64, lease: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE handled_messages SET lease_until = now() + make_interval(secs => $2)
+         WHERE message_id = $1 AND replied_at IS NULL",
+    )
+    .bind(message_id as i64)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a claim done: the reply is posted (or given up on for good).
+pub async fn mark_replied(pool: &PgPool, message_id: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE handled_messages SET replied_at = now() WHERE message_id = $1")
         .bind(message_id as i64)
         .execute(pool)
         .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
+}
+
+/// Stored messages whose claim expired unanswered (their holder died), oldest first.
+pub async fn expired_claims(pool: &PgPool, limit: i64) -> Result<Vec<StoredMessage>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT m.id, m.channel_id, m.author_id, m.author_name, m.is_bot, m.content, m.kind
+         FROM handled_messages h JOIN messages m ON m.id = h.message_id
+         WHERE h.replied_at IS NULL AND h.lease_until < now() ORDER BY h.message_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(stored_row).collect())
+}
+
+fn stored_row(r: &sqlx::postgres::PgRow) -> StoredMessage {
+    StoredMessage {
+        id: r.get::<i64, _>(0) as u64,
+        channel_id: r.get::<i64, _>(1) as u64,
+        author_id: r.get::<i64, _>(2) as u64,
+        author_name: r.get(3),
+        is_bot: r.get(4),
+        content: r.get(5),
+        kind: MessageKind::parse(r.get(6)),
+    }
 }
 
 /// The last `limit` messages of a channel up to and including `up_to`, oldest first, notices left out.
@@ -195,18 +250,7 @@ pub async fn recent_messages(
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    let mut out: Vec<StoredMessage> = rows
-        .into_iter()
-        .map(|r| StoredMessage {
-            id: r.get::<i64, _>(0) as u64,
-            channel_id: r.get::<i64, _>(1) as u64,
-            author_id: r.get::<i64, _>(2) as u64,
-            author_name: r.get(3),
-            is_bot: r.get(4),
-            content: r.get(5),
-            kind: MessageKind::parse(r.get(6)),
-        })
-        .collect();
+    let mut out: Vec<StoredMessage> = rows.iter().map(stored_row).collect();
     out.reverse();
     Ok(out)
 }
@@ -246,42 +290,85 @@ pub async fn record_audit(pool: &PgPool, a: &PromptAudit) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// Stores the gateway session on shutdown so a successor can resume it.
-pub async fn store_session(
-    pool: &PgPool,
+/// Where a gateway session stands: what a successor needs to resume it, or to backfill.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    pub session_id: String,
+    /// The last sequence below which every event is stored (a successor resumes after it).
+    pub sequence: u64,
+    pub resume_url: Option<String>,
+    /// The newest main-channel message id below which every message is stored.
+    pub last_message_id: Option<u64>,
+}
+
+/// Stores the session checkpoint. The leader writes it on its lock connection, so a write that
+/// succeeds also proves the lock is still held; `leader_live` also records the leader's heartbeat.
+pub async fn store_checkpoint(
+    conn: &mut PgConnection,
     shard_id: u32,
-    session_id: &str,
-    sequence: u64,
-    resume_url: Option<&str>,
+    c: &Checkpoint,
+    leader_live: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO gateway_sessions (shard_id, session_id, sequence, resume_url, stored_at)
-         VALUES ($1, $2, $3, $4, now())
+        "WITH beat AS (
+           INSERT INTO gateway_leader (id, seen_at) SELECT 1, now() WHERE $6
+           ON CONFLICT (id) DO UPDATE SET seen_at = now()
+         )
+         INSERT INTO gateway_sessions (shard_id, session_id, sequence, resume_url, last_message_id, stored_at)
+         VALUES ($1, $2, $3, $4, $5, now())
          ON CONFLICT (shard_id) DO UPDATE SET session_id = EXCLUDED.session_id,
-           sequence = EXCLUDED.sequence, resume_url = EXCLUDED.resume_url, stored_at = now()",
+           sequence = EXCLUDED.sequence, resume_url = EXCLUDED.resume_url,
+           last_message_id = COALESCE(EXCLUDED.last_message_id, gateway_sessions.last_message_id),
+           stored_at = now()",
     )
     .bind(shard_id as i32)
-    .bind(session_id)
-    .bind(sequence as i64)
-    .bind(resume_url)
-    .execute(pool)
+    .bind(&c.session_id)
+    .bind(c.sequence as i64)
+    .bind(&c.resume_url)
+    .bind(c.last_message_id.map(|v| v as i64))
+    .bind(leader_live)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Takes (and removes) a session stored by a predecessor in the last few minutes.
-pub async fn take_session(
+/// Records the leader's heartbeat alone (no session yet, gateway live).
+pub async fn leader_beat(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO gateway_leader (id, seen_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET seen_at = now()")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The stored checkpoint: `(checkpoint, resumable)`; a session older than a few minutes is no
+/// longer resumable at Discord, but its `last_message_id` still says where to backfill from.
+pub async fn load_checkpoint(
     pool: &PgPool,
     shard_id: u32,
-) -> Result<Option<(String, u64, Option<String>)>, sqlx::Error> {
+) -> Result<Option<(Checkpoint, bool)>, sqlx::Error> {
     let row = sqlx::query(
-        "DELETE FROM gateway_sessions WHERE shard_id = $1 AND stored_at > now() - interval '5 minutes'
-         RETURNING session_id, sequence, resume_url",
+        "SELECT session_id, sequence, resume_url, last_message_id, stored_at > now() - interval '5 minutes'
+         FROM gateway_sessions WHERE shard_id = $1",
     )
     .bind(shard_id as i32)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| (r.get(0), r.get::<i64, _>(1) as u64, r.get(2))))
+    Ok(row.map(|r| {
+        let c = Checkpoint {
+            session_id: r.get(0),
+            sequence: r.get::<i64, _>(1) as u64,
+            resume_url: r.get(2),
+            last_message_id: r.get::<Option<i64>, _>(3).map(|v| v as u64),
+        };
+        (c, r.get(4))
+    }))
+}
+
+/// Seconds since a leader last said its gateway was live; `None` when none ever did.
+pub async fn leader_silent_secs(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM now() - seen_at)::float8 FROM gateway_leader WHERE id = 1")
+        .fetch_optional(pool)
+        .await
 }
 
 #[cfg(test)]
@@ -302,6 +389,7 @@ mod tests {
         assert_eq!(info.head, MIGRATOR.iter().map(|m| m.version).max().unwrap());
         assert!(info.backward_compatible.contains(&2));
         assert!(info.backward_compatible.contains(&3));
+        assert!(info.backward_compatible.contains(&4));
         assert!(!info.backward_compatible.contains(&1));
     }
 }

@@ -1,4 +1,6 @@
-//! Discord's REST API as the bot uses it: one call, Create Message, with Discord's rate limits kept.
+//! Discord's REST API as the bot uses it: Create Message (with `nonce` + `enforce_nonce`, so a post
+//! retried after a crash cannot appear twice) and Get Channel Messages (the backfill), with Discord's
+//! rate limits kept.
 //!
 //! A small client over reqwest instead of twilight-http, because twilight-http maps a global 429 and
 //! a 429 without rate-limit headers to "no wait" and retries at once, without bound. Here:
@@ -80,6 +82,21 @@ struct CreateMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     message_reference: Option<Reference>,
     allowed_mentions: &'a AllowedMentions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    /// With a nonce: a second post with it within a few minutes returns the first message.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    enforce_nonce: bool,
+}
+
+/// Discord's limit on a nonce's length.
+pub const NONCE_MAX_LEN: usize = 25;
+
+/// The nonce of part `part` of the reply to message `to`: the same on every attempt, by any instance.
+pub fn reply_nonce(to: Id<MessageMarker>, part: usize) -> String {
+    let n = format!("{to}-{part}");
+    debug_assert!(n.len() <= NONCE_MAX_LEN);
+    n
 }
 
 #[derive(Serialize)]
@@ -244,38 +261,71 @@ impl DiscordRest {
         Ok(Self { http, base, authorization: format!("Bot {token}"), limits: Mutex::default(), health })
     }
 
-    /// Posts `content` in `channel`, as a reply to `reply_to` when given.
+    /// Posts `content` in `channel`, as a reply to `reply_to` when given. With a `nonce`, Discord
+    /// returns the message an earlier post with the same nonce created instead of a second one.
     pub async fn create_message(
         &self,
         channel: Id<ChannelMarker>,
         content: &str,
         reply_to: Option<Id<MessageMarker>>,
         mentions: &AllowedMentions,
+        nonce: Option<&str>,
     ) -> Result<PostedMessage, PostError> {
         let body = CreateMessage {
             content,
             message_reference: reply_to.map(|message_id| Reference { message_id, fail_if_not_exists: false }),
             allowed_mentions: mentions,
+            nonce,
+            enforce_nonce: nonce.is_some(),
         };
         let url = format!("{}/channels/{channel}/messages", self.base);
-        let bucket = channel.get();
+        let bytes = self.send(reqwest::Method::POST, &url, channel.get(), Some(&body)).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| PostError(format!("Discord answered Create Message with an unexpected body: {e}")))
+    }
+
+    /// Up to 100 messages of `channel` after `after`, oldest first.
+    pub async fn messages_after(
+        &self,
+        channel: Id<ChannelMarker>,
+        after: Id<MessageMarker>,
+    ) -> Result<Vec<twilight_model::channel::Message>, PostError> {
+        let url = format!("{}/channels/{channel}/messages?after={after}&limit=100", self.base);
+        // Reads have their own bucket at Discord: keep them apart from the channel's posts.
+        let bytes = self.send::<()>(reqwest::Method::GET, &url, !channel.get(), None).await?;
+        let mut messages: Vec<twilight_model::channel::Message> =
+            serde_json::from_slice(&bytes).map_err(|e| {
+                PostError(format!("Discord answered Get Channel Messages with an unexpected body: {e}"))
+            })?;
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    /// One request with the rate limits kept; the body of a 2xx answer.
+    async fn send<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        bucket: u64,
+        body: Option<&B>,
+    ) -> Result<Vec<u8>, PostError> {
         let mut bare_backoff = BARE_429_BACKOFF;
         for attempt in 1..=MAX_TRIES {
             self.wait_turn(bucket).await;
-            let sent =
-                self.http.post(&url).header("authorization", &self.authorization).json(&body).send().await;
-            let resp = match sent {
+            let mut req = self.http.request(method.clone(), url).header("authorization", &self.authorization);
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => return Err(PostError(format!("request failed: {}", e.without_url()))),
             };
             let status = resp.status();
             let headers = resp.headers().clone();
             self.note_bucket(bucket, &headers);
-            let bytes = resp.bytes().await.unwrap_or_default();
+            let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
             if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|e| {
-                    PostError(format!("Discord answered {status} with an unexpected body: {e}"))
-                });
+                return Ok(bytes);
             }
             if status != StatusCode::TOO_MANY_REQUESTS {
                 let text = String::from_utf8_lossy(&bytes);

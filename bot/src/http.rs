@@ -61,6 +61,13 @@ pub struct Metrics {
     pub completion_tokens: AtomicU64,
     pub cost_micro_usd: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Gateway sessions started afresh (READY) and resumed (RESUMED).
+    pub identifies: AtomicU64,
+    pub resumes: AtomicU64,
+    /// Messages read back over REST after a session that could not be resumed.
+    pub backfilled: AtomicU64,
+    /// Reply claims re-taken after their holder died mid-reply.
+    pub leases_retaken: AtomicU64,
     pub db_errors: AtomicU64,
     /// Messages not answered on purpose: empty, or their author over the per-user limit.
     pub ignored_empty: AtomicU64,
@@ -160,6 +167,21 @@ impl Metrics {
             "Gateway sessions re-established.",
             &[("", g(&self.reconnects))],
         );
+        counter(
+            "lattice_gateway_sessions_total",
+            "Gateway sessions by how they started: identify (READY) or resume (RESUMED).",
+            &[("{how=\"identify\"}", g(&self.identifies)), ("{how=\"resume\"}", g(&self.resumes))],
+        );
+        counter(
+            "lattice_backfilled_messages_total",
+            "Messages read back over REST after a session that could not be resumed.",
+            &[("", g(&self.backfilled))],
+        );
+        counter(
+            "lattice_reply_leases_retaken_total",
+            "Reply claims re-taken after their holder died before replying.",
+            &[("", g(&self.leases_retaken))],
+        );
         counter("lattice_db_errors_total", "Failed database operations.", &[("", g(&self.db_errors))]);
         counter(
             "lattice_messages_ignored_total",
@@ -211,23 +233,54 @@ pub struct Health {
     pub pool: PgPool,
     pub metrics: Metrics,
     gateway: AtomicU8,
+    /// Milliseconds after `started` when the gateway state last changed.
+    gateway_since_ms: AtomicU64,
+    /// Whether this instance's gateway was ever live (a first connect is not a reconnect).
+    was_connected: std::sync::atomic::AtomicBool,
+    started: std::time::Instant,
     pub sha: String,
     pub schema_head: i64,
+    /// How long the gateway may be down (or a standby see no live leader) and still be healthy.
+    pub grace: Duration,
 }
 
 impl Health {
-    pub fn new(pool: PgPool, sha: String) -> Arc<Self> {
+    pub fn new(pool: PgPool, sha: String, grace: Duration) -> Arc<Self> {
         Arc::new(Self {
             pool,
             metrics: Metrics::default(),
             gateway: AtomicU8::new(GatewayState::Connecting as u8),
+            gateway_since_ms: AtomicU64::new(0),
+            was_connected: false.into(),
+            started: std::time::Instant::now(),
             sha,
             schema_head: crate::db::schema_info().head,
+            grace,
         })
     }
 
     pub fn set_gateway(&self, s: GatewayState) {
-        self.gateway.store(s as u8, Relaxed);
+        if self.gateway.swap(s as u8, Relaxed) != s as u8 {
+            self.gateway_since_ms.store(self.started.elapsed().as_millis() as u64, Relaxed);
+        }
+        if s == GatewayState::Connected {
+            self.was_connected.store(true, Relaxed);
+        }
+    }
+
+    /// How long the gateway has been in its current state.
+    pub fn gateway_for(&self) -> Duration {
+        let since = Duration::from_millis(self.gateway_since_ms.load(Relaxed));
+        self.started.elapsed().saturating_sub(since)
+    }
+
+    /// `leader` once this instance holds the leader lock, `standby` while another one does.
+    pub fn role(&self) -> &'static str {
+        if self.gateway() == GatewayState::Standby {
+            "standby"
+        } else {
+            "leader"
+        }
     }
 
     pub fn gateway(&self) -> GatewayState {
@@ -252,16 +305,50 @@ impl Health {
             }
             Some(_) => {}
         }
-        if !matches!(gateway, GatewayState::Connected | GatewayState::Standby) {
-            problems.push(format!("gateway {}", gateway.as_str()));
+        // A standby can take over: the database answers with a schema this build can use.
+        let ready_as_standby = gateway == GatewayState::Standby && problems.is_empty();
+        let down_for = self.gateway_for();
+        let grace = self.grace.as_secs_f64();
+        match gateway {
+            GatewayState::Connected => {}
+            GatewayState::Standby => {
+                // Someone holds the lock; but is anyone serving? The leader beats while its gateway is live.
+                if schema_version.is_some() {
+                    let silent = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        crate::db::leader_silent_secs(&self.pool),
+                    )
+                    .await;
+                    let silent = match silent {
+                        Ok(Ok(Some(s))) => s.min(down_for.as_secs_f64()),
+                        _ => down_for.as_secs_f64(),
+                    };
+                    if silent > grace {
+                        problems.push(format!(
+                            "no instance has led with a live gateway for {silent:.0} s (grace {grace:.0} s)"
+                        ));
+                    }
+                }
+            }
+            // A short reconnect is normal; longer than the grace, nobody is answering.
+            GatewayState::Disconnected | GatewayState::Connecting
+                if self.was_connected.load(Relaxed) && down_for < self.grace => {}
+            _ => problems.push(format!(
+                "gateway {} for {:.1} s (grace {grace:.0} s)",
+                gateway.as_str(),
+                down_for.as_secs_f64()
+            )),
         }
         let healthy = problems.is_empty();
         let body = json!({
             "status": if healthy { "ok" } else { "unhealthy" },
+            "role": self.role(),
             "sha": self.sha,
             "schema_version": schema_version,
             "schema_head": self.schema_head,
             "gateway": gateway.as_str(),
+            "gateway_for_secs": (down_for.as_secs_f64() * 10.0).round() / 10.0,
+            "ready_as_standby": ready_as_standby,
             "database": db_text,
             "problems": problems,
         });
@@ -283,19 +370,87 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], h.metrics.render(h.gateway()))
 }
 
-/// `lattice-bot healthcheck`: exit status 0 only when our own `/health` answers 200.
-pub async fn probe(port: u16) -> anyhow::Result<()> {
+/// What `lattice-bot healthcheck --wait` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wait {
+    /// A healthy standby: database reachable, schema at or above this build's head, not leading.
+    Standby,
+    /// The leader, with its gateway session READY or RESUMED.
+    Leader,
+}
+
+/// Whether a `/health` body shows what `wait` waits for; `Err(reason)` when not (yet).
+pub fn reached(wait: Wait, body: &serde_json::Value) -> Result<(), String> {
+    let problems = || {
+        body["problems"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("; "))
+            .unwrap_or_default()
+    };
+    match wait {
+        Wait::Standby if body["ready_as_standby"] == true => Ok(()),
+        Wait::Standby if body["role"] == "leader" => Err("this instance leads; it is no standby".into()),
+        Wait::Standby => Err(format!("not a ready standby: {}", problems())),
+        Wait::Leader if body["role"] == "leader" && body["gateway"] == "connected" => Ok(()),
+        Wait::Leader if body["role"] == "standby" => Err("still standing by: another instance leads".into()),
+        Wait::Leader => Err(format!("leading, gateway {}: {}", body["gateway"], problems())),
+    }
+}
+
+/// `lattice-bot healthcheck`: exit status 0 only when our own `/health` answers 200. With `wait`,
+/// polls until `/health` shows that state (exit 0) or `timeout` passes (an error with the reason).
+pub async fn probe(port: u16, wait: Option<(Wait, Duration)>) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}/health");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(4)).build()?;
-    let resp = client.get(&url).send().await.map_err(|e| {
-        anyhow::anyhow!("{url} is not answering ({}): is `lattice-bot run` up?", e.without_url())
-    })?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    println!("{body}");
-    if status.is_success() {
-        Ok(())
-    } else {
-        anyhow::bail!("{url} answered {status}")
+    let Some((wait, timeout)) = wait else {
+        let resp = client.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!("{url} is not answering ({}): is `lattice-bot run` up?", e.without_url())
+        })?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        println!("{body}");
+        return if status.is_success() { Ok(()) } else { anyhow::bail!("{url} answered {status}") };
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reason = match client.get(&url).send().await {
+            Err(e) => format!("{url} is not answering ({})", e.without_url()),
+            Ok(resp) => match resp.json::<serde_json::Value>().await {
+                Err(e) => format!("{url} answered something that is not JSON: {e}"),
+                Ok(body) => match reached(wait, &body) {
+                    Ok(()) => {
+                        println!("{body}");
+                        return Ok(());
+                    }
+                    Err(reason) => reason,
+                },
+            },
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("not {wait:?} after {} s: {reason}", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_reads_role_and_gateway_from_the_health_body() {
+        let standby =
+            json!({"role": "standby", "gateway": "standby", "ready_as_standby": true, "problems": []});
+        assert_eq!(reached(Wait::Standby, &standby), Ok(()));
+        assert!(reached(Wait::Leader, &standby).unwrap_err().contains("standing by"));
+        let old_schema = json!({"role": "standby", "ready_as_standby": false,
+            "problems": ["schema 3 is behind 4: run `lattice-bot migrate`"]});
+        assert!(reached(Wait::Standby, &old_schema).unwrap_err().contains("schema 3 is behind 4"));
+        let leader =
+            json!({"role": "leader", "gateway": "connected", "ready_as_standby": false, "problems": []});
+        assert_eq!(reached(Wait::Leader, &leader), Ok(()));
+        assert!(reached(Wait::Standby, &leader).unwrap_err().contains("leads"));
+        let reconnecting = json!({"role": "leader", "gateway": "disconnected", "problems": []});
+        assert!(reached(Wait::Leader, &reconnecting).is_err());
     }
 }

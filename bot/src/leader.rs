@@ -1,137 +1,180 @@
 //! The leader lock: only one instance talks to the gateway, so two running bots never answer twice.
 //!
 //! A session-level Postgres advisory lock on a dedicated connection (not the pool). A second
-//! instance stands by until the holder exits, then takes over and resumes the stored session.
+//! instance stands by, asking for the lock every [`STANDBY_POLL`] on its own connection (it never
+//! waits inside Postgres, so it cannot take the lock by surprise), and takes over when the holder
+//! exits or dies; the successor then resumes the stored session.
+//!
+//! **Fencing.** The holder confirms the lock every [`CONFIRM_EVERY`] on the lock connection and
+//! writes its session checkpoint there (a write that succeeds proves the session, hence the lock,
+//! is alive). One confirmation that fails or takes longer than [`CONFIRM_TIMEOUT`] means the lock
+//! may be gone: the holder steps down at once and stands by again. The lock connection asks the
+//! server for TCP keepalives, so a holder that vanished (host down, network cut) frees the lock
+//! within [`KEEPALIVE_LOSS`] even though no FIN ever arrives.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{Connection, PgConnection};
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 
-use crate::config::DbConfig;
+use crate::{config::DbConfig, db};
 
 /// "lattice" + 1 in ASCII; distinct from sqlx's migration lock, which hashes the database name.
 pub const LEADER_LOCK_KEY: i64 = 0x6c61_7474_6963_6501;
+/// How often a standby asks for the lock.
+pub const STANDBY_POLL: Duration = Duration::from_millis(50);
+/// How often the holder confirms the lock.
+pub const CONFIRM_EVERY: Duration = Duration::from_millis(250);
+/// A confirmation slower than this counts as failed.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the holder writes its checkpoint (and heartbeat).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Server-side keepalive: idle seconds, probe interval, probes. A vanished holder's session (and
+/// lock) ends after about idle + interval × probes.
+const KEEPALIVE: [(&str, &str); 3] =
+    [("tcp_keepalives_idle", "5"), ("tcp_keepalives_interval", "2"), ("tcp_keepalives_count", "3")];
+pub const KEEPALIVE_LOSS: Duration = Duration::from_secs(11);
 
-pub struct Leadership {
-    db: DbConfig,
-    conn: Option<PgConnection>,
-}
-
-/// What a periodic check found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Check {
-    Held,
-    /// Postgres is unreachable: no one can take the lock from us meanwhile.
-    Unknown,
-    /// Our session died and another instance took the lock.
-    Lost,
-}
-
-async fn try_lock(db: &DbConfig) -> Result<Option<PgConnection>, sqlx::Error> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&db.options))
+async fn connect(db: &DbConfig) -> Result<PgConnection, sqlx::Error> {
+    let options = db.options.clone().options(KEEPALIVE);
+    tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&options))
         .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK_KEY)
-        .fetch_one(&mut conn)
-        .await?;
-    if got {
-        Ok(Some(conn))
-    } else {
-        let _ = conn.close().await;
-        Ok(None)
-    }
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let q = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(conn);
+    tokio::time::timeout(CONFIRM_TIMEOUT, q).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+/// This instance holds the leader lock.
+pub struct Leadership {
+    conn: PgConnection,
 }
 
 impl Leadership {
-    /// Waits until this instance holds the lock. `on_standby` runs once if another instance holds it.
+    /// Waits until this instance holds the lock. `on_standby` runs each time another instance is
+    /// found holding it.
     pub async fn acquire(db: &DbConfig, mut on_standby: impl FnMut()) -> Self {
         let mut told = false;
+        let mut conn: Option<PgConnection> = None;
         loop {
-            match try_lock(db).await {
-                Ok(Some(conn)) => return Self { db: db.clone(), conn: Some(conn) },
-                Ok(None) => {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match connect(db).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach Postgres for the leader lock; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            match try_lock(c).await {
+                Ok(true) => return Self { conn: conn.take().expect("connected") },
+                Ok(false) => {
+                    on_standby();
                     if !told {
                         told = true;
                         tracing::info!("another instance holds the gateway; standing by");
-                        on_standby();
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(STANDBY_POLL).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach Postgres for the leader lock; retrying");
+                    conn = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
-    pub async fn check(&mut self) -> Check {
-        if let Some(conn) = self.conn.as_mut() {
-            let alive =
-                tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&mut *conn))
-                    .await;
-            if matches!(alive, Ok(Ok(_))) {
-                return Check::Held;
-            }
-            tracing::warn!("the leader lock's connection is gone; re-acquiring");
-            self.conn = None;
-        }
-        match try_lock(&self.db).await {
-            Ok(Some(conn)) => {
-                tracing::info!("leader lock re-acquired");
-                self.conn = Some(conn);
-                Check::Held
-            }
-            Ok(None) => Check::Lost,
-            Err(_) => Check::Unknown,
-        }
-    }
-
-    /// Keeps checking the lock in the background (so a slow database never stalls the gateway).
-    pub fn keep(mut self) -> LeaderGuard {
-        let (release_tx, mut release_rx) = oneshot::channel();
-        let (lost_tx, lost) = oneshot::channel();
+    /// Keeps confirming the lock in the background, writing `checkpoint()` every
+    /// [`CHECKPOINT_EVERY`] (with the leader heartbeat while `live()`); `lost` fires on the first
+    /// confirmation that fails.
+    pub fn keep(
+        mut self,
+        checkpoint: Arc<dyn Fn() -> Option<db::Checkpoint> + Send + Sync>,
+        live: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> LeaderGuard {
+        let (release_tx, mut release_rx) = oneshot::channel::<Option<db::Checkpoint>>();
+        let (lost_tx, lost) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut tick = tokio::time::interval(CONFIRM_EVERY);
+            let mut last_write = Instant::now() - CHECKPOINT_EVERY;
+            let mut written_session: Option<String> = None;
             loop {
                 tokio::select! {
-                    _ = &mut release_rx => break,
+                    last = &mut release_rx => {
+                        if let Ok(Some(c)) = last {
+                            let stored = tokio::time::timeout(
+                                Duration::from_secs(2),
+                                db::store_checkpoint(&mut self.conn, 0, &c, false),
+                            )
+                            .await;
+                            if !matches!(stored, Ok(Ok(()))) {
+                                tracing::warn!("could not store the gateway session; the next leader identifies afresh");
+                            }
+                        }
+                        self.release().await;
+                        return;
+                    }
                     _ = tick.tick() => {
-                        if self.check().await == Check::Lost {
-                            let _ = lost_tx.send(());
-                            break;
+                        let current = checkpoint();
+                        // A new session is written at once: a successor must not miss it.
+                        let new_session = current.as_ref().map(|c| &c.session_id) != written_session.as_ref();
+                        let confirmed = if new_session || last_write.elapsed() >= CHECKPOINT_EVERY {
+                            last_write = Instant::now();
+                            written_session = current.as_ref().map(|c| c.session_id.clone());
+                            let beat = live();
+                            let write = async {
+                                match current {
+                                    Some(c) => db::store_checkpoint(&mut self.conn, 0, &c, beat).await,
+                                    None if beat => db::leader_beat(&mut self.conn).await,
+                                    None => sqlx::query("SELECT 1").execute(&mut self.conn).await.map(drop),
+                                }
+                            };
+                            tokio::time::timeout(CONFIRM_TIMEOUT, write).await
+                        } else {
+                            let ping = sqlx::query("SELECT 1").execute(&mut self.conn);
+                            tokio::time::timeout(CONFIRM_TIMEOUT, ping).await.map(|r| r.map(drop))
+                        };
+                        if !matches!(confirmed, Ok(Ok(()))) {
+                            tracing::error!("cannot confirm the leader lock; stepping down");
+                            let _ = lost_tx.send(true);
+                            // Dropping the connection ends the session, so the lock is surely gone.
+                            return;
                         }
                     }
                 }
             }
-            self.release().await;
         });
         LeaderGuard { release: release_tx, task, lost }
     }
 
     /// Releases the lock so a standby takes over at once.
     async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ =
-                sqlx::query("SELECT pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut conn).await;
-            let _ = conn.close().await;
-        }
+        let _ =
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut self.conn).await;
+        let _ = self.conn.close().await;
     }
 }
 
-/// The lock held in the background; `lost` fires if another instance took it.
+/// The lock held in the background; `lost` turns true when it can no longer be confirmed.
 pub struct LeaderGuard {
-    release: oneshot::Sender<()>,
+    release: oneshot::Sender<Option<db::Checkpoint>>,
     task: JoinHandle<()>,
-    pub lost: oneshot::Receiver<()>,
+    pub lost: watch::Receiver<bool>,
 }
 
 impl LeaderGuard {
-    /// Releases the lock and waits until it is gone.
-    pub async fn release(self) {
-        let _ = self.release.send(());
+    /// Stores the final checkpoint (when given), releases the lock and waits until it is gone.
+    pub async fn release(self, last: Option<db::Checkpoint>) {
+        let _ = self.release.send(last);
         let _ = self.task.await;
     }
 }

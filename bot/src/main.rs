@@ -2,12 +2,20 @@
 //!     lattice-bot — the Lattice Discord bot and its companions
 //!
 //! SYNOPSIS
-//!     lattice-bot run | migrate | healthcheck | doctor | schema | discord-standin | chat
+//!     lattice-bot run | migrate | healthcheck [--wait standby|leader --timeout SECS] | doctor
+//!                 | schema | discord-standin | chat
 //!
 //! DESCRIPTION
 //!     `run` is the bot. The others serve deploys (`migrate`, `healthcheck`, `schema`), a look
 //!     inside a container that has no shell (`doctor`) and development (`discord-standin`, `chat`).
 //!     Logs are JSON lines on stderr.
+//!
+//!     Handover contract for a make-before-break deploy: start the new instance beside the old one;
+//!     `healthcheck --wait standby` exits 0 once it is a ready standby (database reachable, schema at
+//!     or above its head, not leading: it never takes the lock or connects the gateway while another
+//!     instance leads). Then SIGTERM the old one: it stores its session and releases the lock, the
+//!     standby takes it and RESUMEs; `healthcheck --wait leader` exits 0 once the new instance leads
+//!     with its gateway READY/RESUMED. Each exits non-zero with the reason at `--timeout`.
 
 use std::process::ExitCode;
 
@@ -31,8 +39,20 @@ enum Command {
     Run,
     /// Apply the embedded migrations (needs only the database variables).
     Migrate,
-    /// Probe this container's own /health; exit 0 only when it answers 200.
-    Healthcheck,
+    /// Probe this container's own /health; exit 0 only when it answers 200 (the image's HEALTHCHECK).
+    ///
+    /// With --wait, poll until this instance is a ready standby (database reachable, schema at or
+    /// above its head, not leading) or the leader with its gateway READY/RESUMED; exit non-zero with
+    /// the reason when --timeout passes first. A deploy starts the new instance beside the old one,
+    /// waits `--wait standby`, stops the old one (SIGTERM), then waits `--wait leader`.
+    Healthcheck {
+        /// The state to wait for.
+        #[arg(long, value_enum, requires = "timeout")]
+        wait: Option<http::Wait>,
+        /// Seconds to wait at most.
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
+    },
     /// Check what the bot needs from where it runs: a writable /tmp, the database host resolving
     /// and taking TCP connections, and verified TLS to Discord and OpenRouter (or `--url`s).
     Doctor(doctor::DoctorArgs),
@@ -99,7 +119,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Healthcheck => http::probe(config::http_port_from_env(&env)?).await,
+        Command::Healthcheck { wait, timeout } => {
+            let wait = wait.zip(timeout.map(std::time::Duration::from_secs));
+            http::probe(config::http_port_from_env(&env)?, wait).await
+        }
         Command::Doctor(args) => tokio::task::spawn_blocking(move || doctor::run(args, &env)).await?,
         Command::Schema => {
             println!("{}", serde_json::to_string(&db::schema_info())?);

@@ -13,8 +13,14 @@
 //!   posted, long-polling up to `wait` seconds for something new
 //! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
 //!   `POST /control/reconnect` asks clients to reconnect (opcode 7)
-//! - `GET  /control/state` → connection, identify and resume counts; REST requests, 429s served and
-//!   the most REST requests seen in any one second
+//! - `GET  /control/state` → connection, identify and resume counts, live sessions now (`live`: an
+//!   identified or resumed connection still open) and at most (`max_live`), each time with no live
+//!   session between two (`session_gaps_ms`: the gateway gap of a handover); REST requests, 429s
+//!   served and the most REST requests seen in any one second
+//! - `POST /control/invalidate` forgets every session and drops every connection: the next RESUME
+//!   gets opcode 9 `d:false` and the client must IDENTIFY (a gap only a backfill closes)
+//! - `POST /control/outage {"secs"}` drops every connection and refuses gateway connections for
+//!   `secs` seconds (HTTP 503), as during a Discord outage
 //! - `POST /control/ratelimit {"shape", "count"?, "retry_after"?}` → the next `count` (default 1)
 //!   Create Message calls answer 429 in one of Discord's shapes: `user` or `shared` (bucket headers,
 //!   `X-RateLimit-Scope`, JSON body), `global` (`X-RateLimit-Global: true`), or `bare` (no headers,
@@ -23,6 +29,9 @@
 //!   Like Discord, more than 50 REST requests in one second always get a global 429.
 //! - `GET  /control/rest` → `{"requests": [{"at_ms", "channel_id", "status"}…]}`, every Create Message
 //! - `POST /control/raw {"t", "d"}` dispatches an arbitrary event (e.g. one that cannot be read)
+//! - REST as the bot uses it: `POST /api/v10/channels/{id}/messages` (with `nonce` + `enforce_nonce`:
+//!   the same nonce from the same author within a few minutes returns the first message and creates
+//!   none, as Discord documents) and `GET /api/v10/channels/{id}/messages?after=&limit=`
 //! - `GET  /health` → 200, so the image's `lattice-bot healthcheck` works for the stand-in too
 
 use std::{
@@ -134,6 +143,12 @@ struct Inner {
     posted: Vec<Posted>,
     users: HashMap<String, u64>,
     connections: u64,
+    /// Connections with an identified or resumed session, now and at most.
+    live: u64,
+    max_live: u64,
+    /// When the last live session ended with none left, and each gap until the next one, in ms.
+    none_live_since: Option<std::time::Instant>,
+    session_gaps_ms: Vec<u64>,
     identifies: u64,
     resumes: u64,
     /// Bumped to drop (`drops`) or reconnect (`reconnects`) every live connection.
@@ -148,6 +163,10 @@ struct Inner {
     /// REST requests of the last second, for the global limit.
     last_second: VecDeque<std::time::Instant>,
     rest: Vec<RestHit>,
+    /// Nonce → (the message it created, when), for `enforce_nonce`.
+    nonces: HashMap<String, (Value, std::time::Instant)>,
+    /// Gateway connections are refused until then.
+    outage_until: Option<std::time::Instant>,
 }
 
 impl Inner {
@@ -192,7 +211,7 @@ pub fn router(world: World) -> Router {
         .route("/api/v10/gateway", get(gateway_info))
         .route("/api/v10/gateway/bot", get(gateway_info))
         .route("/api/v10/users/@me", get(current_user_route))
-        .route("/api/v10/channels/{channel}/messages", post(create_message))
+        .route("/api/v10/channels/{channel}/messages", post(create_message).get(channel_messages))
         // The image's HEALTHCHECK (`lattice-bot healthcheck`) probes /health in this role too.
         .route("/health", get(|| async { Json(json!({ "status": "ok", "service": "discord-standin" })) }))
         .route("/control/info", get(info))
@@ -204,6 +223,8 @@ pub fn router(world: World) -> Router {
         .route("/control/ratelimit", post(control_ratelimit))
         .route("/control/rest", get(control_rest))
         .route("/control/raw", post(control_raw))
+        .route("/control/invalidate", post(control_invalidate))
+        .route("/control/outage", post(control_outage))
         .fallback(|| async { discord_error(StatusCode::NOT_FOUND, 0, "404: Not Found") })
         .with_state(shared)
 }
@@ -355,7 +376,14 @@ struct CreateMessageBody {
     content: Option<String>,
     message_reference: Option<ReferenceBody>,
     allowed_mentions: Option<Value>,
+    /// An integer or a string of at most 25 characters.
+    nonce: Option<Value>,
+    #[serde(default)]
+    enforce_nonce: bool,
 }
+
+/// How long Discord remembers a nonce for `enforce_nonce` ("a few minutes").
+const NONCE_WINDOW: Duration = Duration::from_secs(300);
 
 /// What the rate limits say about one Create Message call.
 enum Limit {
@@ -465,9 +493,29 @@ async fn create_message(
             "Invalid Form Body: content: Must be 2000 or fewer in length.",
         );
     }
+    let nonce = match &body.nonce {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) if n.chars().count() <= 25 => Some(n.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return discord_error(
+                StatusCode::BAD_REQUEST,
+                50035,
+                "Invalid Form Body: nonce: Must be 25 or fewer in length.",
+            )
+        }
+    };
     let reply_to = body.message_reference.and_then(|r| r.message_id).map(|m| m.get());
     let world = s.world.clone();
+    let enforce = body.enforce_nonce;
     let msg = s.update(|i| {
+        // Every message here is the bot's: the same author, as `enforce_nonce` requires.
+        if let (true, Some(n)) = (enforce, &nonce) {
+            i.nonces.retain(|_, (_, at)| at.elapsed() < NONCE_WINDOW);
+            if let Some((first, _)) = i.nonces.get(n) {
+                return first.clone();
+            }
+        }
         let id = i.snowflake();
         let msg = message(&world, id, channel, user(BOT_USER_ID, "lattice", true), content.clone(), reply_to);
         let seq = i.posted.len() as u64 + 1;
@@ -481,8 +529,12 @@ async fn create_message(
             allowed_mentions: body.allowed_mentions.clone(),
         });
         // Discord echoes the bot's own messages on the gateway too.
-        i.events.push(("MESSAGE_CREATE", serde_json::to_value(&msg).expect("message serializes")));
-        msg
+        let value = serde_json::to_value(&msg).expect("message serializes");
+        i.events.push(("MESSAGE_CREATE", value.clone()));
+        if let Some(n) = nonce {
+            i.nonces.insert(n, (value.clone(), std::time::Instant::now()));
+        }
+        value
     });
     let mut headers = HeaderMap::new();
     if let Some((limit, remaining, reset_after)) = bucket {
@@ -501,11 +553,21 @@ async fn create_message(
 // ---- gateway ----
 
 async fn gateway(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if s.read(|i| i.outage_until.is_some_and(|t| t > std::time::Instant::now())) {
+        return discord_error(StatusCode::SERVICE_UNAVAILABLE, 0, "503: Service Unavailable");
+    }
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8090").to_owned();
     ws.on_upgrade(move |socket| async move {
         s.update(|i| i.connections += 1);
-        let _ = connection(&s, socket, format!("ws://{host}")).await;
-        s.update(|i| i.connections -= 1);
+        let mut live = false;
+        let _ = connection(&s, socket, format!("ws://{host}"), &mut live).await;
+        s.update(|i| {
+            i.connections -= 1;
+            i.live -= u64::from(live);
+            if live && i.live == 0 {
+                i.none_live_since = Some(std::time::Instant::now());
+            }
+        });
     })
 }
 
@@ -514,7 +576,23 @@ fn frame(op: u8, d: Value, s: Option<u64>, t: Option<&str>) -> WsMessage {
 }
 
 /// One gateway connection; returns when the client leaves or the control API drops it.
-async fn connection(s: &Shared, mut socket: WebSocket, resume_url: String) -> Result<(), axum::Error> {
+/// `live` becomes true once the connection has a session (counted in `Inner::live`).
+async fn connection(
+    s: &Shared,
+    mut socket: WebSocket,
+    resume_url: String,
+    live: &mut bool,
+) -> Result<(), axum::Error> {
+    let mut go_live = |i: &mut Inner| {
+        if !*live {
+            *live = true;
+            i.live += 1;
+            i.max_live = i.max_live.max(i.live);
+            if let Some(since) = i.none_live_since.take() {
+                i.session_gaps_ms.push(since.elapsed().as_millis() as u64);
+            }
+        }
+    };
     let mut changed = s.changed.subscribe();
     let (drops_at_start, reconnects_at_start) = s.read(|i| (i.drops, i.reconnects));
     socket
@@ -549,6 +627,7 @@ async fn connection(s: &Shared, mut socket: WebSocket, resume_url: String) -> Re
                             return Ok(());
                         }
                         let (id, base) = s.update(|i| {
+                            go_live(i);
                             i.identifies += 1;
                             let id = format!("standin-{:x}", i.snowflake());
                             let base = i.events.len();
@@ -572,7 +651,10 @@ async fn connection(s: &Shared, mut socket: WebSocket, resume_url: String) -> Re
                         let seq = payload["d"]["seq"].as_u64().unwrap_or(0);
                         match s.read(|i| i.sessions.get(&id).copied()) {
                             Some(base) => {
-                                s.update(|i| i.resumes += 1);
+                                s.update(|i| {
+                                    go_live(i);
+                                    i.resumes += 1;
+                                });
                                 // Event index `base + k` carries sequence `k + 2` (READY was 1).
                                 let next = (base + seq.saturating_sub(1) as usize).max(base);
                                 let mut st = (id, base, next);
@@ -708,6 +790,9 @@ async fn control_state(State(s): State<Arc<Shared>>) -> Json<Value> {
     Json(s.read(|i| {
         json!({
             "connections": i.connections,
+            "live": i.live,
+            "max_live": i.max_live,
+            "session_gaps_ms": i.session_gaps_ms,
             "identifies": i.identifies,
             "resumes": i.resumes,
             "posted": i.posted.len(),
@@ -775,4 +860,64 @@ async fn control_raw(State(s): State<Arc<Shared>>, Json(body): Json<RawEvent>) -
     };
     s.update(|i| i.events.push((t, body.d)));
     Json(json!({ "dispatched": t }))
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Get Channel Messages with `after`: the `limit` (1–100, default 50) oldest messages after that id,
+/// newest first, as Discord returns them.
+async fn channel_messages(
+    State(s): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    Query(q): Query<MessagesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return discord_error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let after = q.after.unwrap_or(0);
+    let mut found: Vec<(u64, Value)> = s.read(|i| {
+        i.events
+            .iter()
+            .filter(|(t, d)| *t == "MESSAGE_CREATE" && d["channel_id"].as_str() == Some(&channel.to_string()))
+            .filter_map(|(_, d)| d["id"].as_str()?.parse::<u64>().ok().map(|id| (id, d.clone())))
+            .filter(|(id, _)| *id > after)
+            .collect()
+    });
+    found.sort_by_key(|(id, _)| *id);
+    found.dedup_by_key(|(id, _)| *id);
+    found.truncate(limit);
+    found.reverse();
+    Json(found.into_iter().map(|(_, d)| d).collect::<Vec<_>>()).into_response()
+}
+
+async fn control_invalidate(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let n = s.update(|i| {
+        i.sessions.clear();
+        i.drops += 1;
+        i.connections
+    });
+    Json(json!({ "dropped": n }))
+}
+
+#[derive(Deserialize)]
+struct OutageBody {
+    secs: f64,
+}
+
+async fn control_outage(State(s): State<Arc<Shared>>, Json(body): Json<OutageBody>) -> Response {
+    if !(body.secs.is_finite() && body.secs >= 0.0) {
+        return (StatusCode::BAD_REQUEST, "secs must be a non-negative number").into_response();
+    }
+    let n = s.update(|i| {
+        i.outage_until = Some(std::time::Instant::now() + Duration::from_secs_f64(body.secs));
+        i.drops += 1;
+        i.connections
+    });
+    Json(json!({ "dropped": n })).into_response()
 }

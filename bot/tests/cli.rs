@@ -86,7 +86,7 @@ fn schema_prints_head_and_backward_compatible_versions_as_json() {
         .collect();
     let head = files.iter().map(|f| f[..4].parse::<i64>().unwrap()).max().unwrap();
     assert_eq!(v["head"], head);
-    assert_eq!(v["backward_compatible"], serde_json::json!([2, 3]));
+    assert_eq!(v["backward_compatible"], serde_json::json!([2, 3, 4]));
 }
 
 #[test]
@@ -95,4 +95,14 @@ fn healthcheck_fails_when_nothing_answers() {
     let (ok, text) = run(&["healthcheck"], &[("HTTP_PORT", &port)]);
     assert!(!ok);
     assert!(text.contains("is not answering"), "{text}");
+}
+
+#[test]
+fn healthcheck_wait_gives_up_at_its_timeout_with_the_reason() {
+    let port = common::free_port().to_string();
+    let (ok, text) = run(&["healthcheck", "--wait", "standby", "--timeout", "1"], &[("HTTP_PORT", &port)]);
+    assert!(!ok);
+    assert!(text.contains("not Standby after 1 s") && text.contains("is not answering"), "{text}");
+    let (ok, text) = run(&["healthcheck", "--wait", "leader"], &[("HTTP_PORT", &port)]);
+    assert!(!ok && text.contains("--timeout"), "a wait needs a bound: {text}");
 }

@@ -14,6 +14,7 @@ const RELEASED: &[(i64, &str)] = &[
     (1, "43e5452171e057d2988ea495ecdfd8633f307e18f6ef2933fac5d7ec971ceab052e9102239882bee582c1703bf646202"),
     (2, "ed8189e13181b3d022b32f2b187e76cfd6644f440f975e7dc30d038b88a3b397bbcc092458067ec45814fa2263cf3168"),
     (3, "cf0d02f06fe6ad9f337c6d30c131a1cc62eb35c51d6de83e0c9f882b2f5b811728939f382595bdf7a68b169e8c5dfc23"),
+    (4, "0ec404bcbbf7aa5775e329c9765a1fe7a59186374b04dde3ff352a8dfb3ef46135cd10f492467cb1fb92b5cdf7efba74"),
 ];
 
 #[test]
@@ -47,12 +48,13 @@ async fn migrate_is_idempotent_and_prints_what_it_applied() {
     assert!(
         out.contains("applied 0001 init")
             && out.contains("applied 0002 gateway session")
-            && out.contains("applied 0003 message kind"),
+            && out.contains("applied 0003 message kind")
+            && out.contains("applied 0004 reply leases"),
         "{out}"
     );
     let second = pg.migrate();
     assert!(second.status.success(), "{}", text(&second));
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 3");
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 4");
     assert!(!text(&first).contains(PG_PASSWORD));
 }
 
@@ -77,9 +79,10 @@ async fn two_concurrent_migrates_apply_each_migration_once() {
     assert_eq!(both.matches("applied 0001").count(), 1, "{both}");
     assert_eq!(both.matches("applied 0002").count(), 1, "{both}");
     assert_eq!(both.matches("applied 0003").count(), 1, "{both}");
+    assert_eq!(both.matches("applied 0004").count(), 1, "{both}");
     let pool = pg.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

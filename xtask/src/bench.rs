@@ -16,7 +16,8 @@
 //!     memory    the release bot against the Discord stand-in and a Postgres container
 //!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream;
 //!               then a fresh bot with default limits while one user floods 500 messages
-//!     handover  leader lock handover (SIGTERM the leader, the standby resumes the session)
+//!     handover  leader lock handover (SIGTERM or SIGKILL the leader, the standby resumes the session)
+//!               vs. the naive restarts: gaps, lost, answered twice, most live gateway sessions
 //!               next to the naive flows (kill + start, stop + start): gap and events lost
 //!     deploy    reserved: deploy and rollback timings against the local registry and sshd
 //!

@@ -30,6 +30,8 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "REPLY_QUEUE",
     "LLM_TIMEOUT_SECS",
     "SHUTDOWN_TIMEOUT_SECS",
+    "GATEWAY_GRACE_SECS",
+    "REPLY_LEASE_SECS",
     "RUST_LOG",
     // Where the server's compose finds Postgres, and Discord (a stand-in, in tests).
     "POSTGRES_IMAGE",

@@ -248,7 +248,8 @@ pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<(
     }
     let temp = plan.sh().create_temp_dir()?;
     let pg = Postgres::start(plan, project, &bin)?;
-    for switch in [Switch::LeaderLock, Switch::KillThenStart, Switch::StopThenStart] {
+    for switch in [Switch::LeaderLock, Switch::KillWithStandby, Switch::KillThenStart, Switch::StopThenStart]
+    {
         plan.note(&format!("handover: {}", switch.describe()));
         let run = switch_over(plan, &bin, &pg, &temp, switch)?;
         let g = "handover";
@@ -256,6 +257,9 @@ pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<(
         let how_serving = match switch {
             Switch::LeaderLock => {
                 "SIGTERM to the leader -> the standby's /health says gateway connected (polled every 10 ms)"
+            }
+            Switch::KillWithStandby => {
+                "SIGKILL to the leader -> the standby's /health says gateway connected (polled every 10 ms)"
             }
             Switch::KillThenStart => {
                 "SIGKILL to the bot, new process started at once -> its /health says gateway connected"
@@ -266,6 +270,19 @@ pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<(
         };
         report.seconds(g, &format!("{n}_serving_again"), run.serving_again, how_serving);
         report.seconds(g, &format!("{n}_old_exit"), run.old_exit, "signal to the old process having exited");
+        report.seconds(
+            g,
+            &format!("{n}_gateway_gap"),
+            run.gateway_gap,
+            "stand-in: the old session gone -> the new one live (IDENTIFY/RESUME done)",
+        );
+        report.number(
+            g,
+            &format!("{n}_max_live_sessions"),
+            run.max_live as f64,
+            "",
+            "stand-in: most gateway sessions live at once (2 = two bots handling events)",
+        );
         report.text(
             g,
             &format!("{n}_session"),
@@ -309,6 +326,8 @@ pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<(
 enum Switch {
     /// Ours: a standby waits on the Postgres leader lock; SIGTERM the leader.
     LeaderLock,
+    /// Ours, crashing: SIGKILL the leader; the standby resumes its checkpointed session.
+    KillWithStandby,
     /// Naive: kill the running bot, start a new one.
     KillThenStart,
     /// Naive with a graceful stop: SIGTERM, wait until it exits, start a new one.
@@ -319,6 +338,7 @@ impl Switch {
     fn name(self) -> &'static str {
         match self {
             Switch::LeaderLock => "leader_lock",
+            Switch::KillWithStandby => "kill_standby",
             Switch::KillThenStart => "kill_start",
             Switch::StopThenStart => "stop_start",
         }
@@ -327,6 +347,7 @@ impl Switch {
     fn describe(self) -> &'static str {
         match self {
             Switch::LeaderLock => "two bots on one database, SIGTERM the leader, the standby takes over",
+            Switch::KillWithStandby => "two bots on one database, SIGKILL the leader, the standby takes over",
             Switch::KillThenStart => "naive: kill the bot, then start a new one",
             Switch::StopThenStart => "naive, graceful: stop the bot (SIGTERM, wait), then start a new one",
         }
@@ -339,6 +360,8 @@ struct SwitchRun {
     old_exit: Duration,
     session: &'static str,
     reply_gap: Duration,
+    gateway_gap: Duration,
+    max_live: u64,
     sent: usize,
     lost: usize,
     duplicated: usize,
@@ -351,7 +374,8 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let discord = StandIn::start(bin, temp, &format!("{n}-standin"))?;
     let mut old = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-old"), Limits::Stream)?;
     old.wait_gateway("connected", START_DEADLINE)?;
-    let mut new = if switch == Switch::LeaderLock {
+    let with_standby = matches!(switch, Switch::LeaderLock | Switch::KillWithStandby);
+    let mut new = if with_standby {
         let standby = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-standby"), Limits::Stream)?;
         standby.wait_gateway("standby", START_DEADLINE)?;
         Some(standby)
@@ -364,10 +388,11 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     std::thread::sleep(Duration::from_secs(3));
     let before = discord.counts()?;
     let pid = old.process.pid().to_string();
-    let signal = if switch == Switch::KillThenStart { "-KILL" } else { "-TERM" };
+    let signal =
+        if matches!(switch, Switch::KillThenStart | Switch::KillWithStandby) { "-KILL" } else { "-TERM" };
     let switched_at = Instant::now();
     plan.run(cmd!(sh, "kill {signal} {pid}"))?;
-    let (new, old_exit) = if switch == Switch::LeaderLock {
+    let (new, old_exit) = if with_standby {
         let standby = new.take().expect("a standby");
         // Both at once: when the old leader is gone, and when the standby serves.
         let deadline = switched_at + START_DEADLINE;
@@ -386,7 +411,7 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
             std::thread::sleep(Duration::from_millis(10));
         }
         let status = old.process.wait_exit(Duration::from_secs(30))?;
-        if !status.success() {
+        if switch == Switch::LeaderLock && !status.success() {
             bail!(
                 "the old leader exited with {status} after SIGTERM; its log: {}",
                 old.process.log.display()
@@ -409,6 +434,7 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     }
     let replies = watch.stop();
     let after = discord.counts()?;
+    let (max_live, gaps) = discord.sessions()?;
     let answered = sent.iter().filter(|id| replies.by_message.contains_key(*id)).count();
     let duplicated =
         sent.iter().filter(|id| replies.by_message.get(*id).is_some_and(|r| r.len() > 1)).count();
@@ -418,6 +444,8 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
         old_exit,
         session: session_kind(before, after),
         reply_gap: longest_gap(&replies.arrivals),
+        gateway_gap: gaps.last().copied().map(Duration::from_millis).unwrap_or_default(),
+        max_live,
         sent: sent.len(),
         lost: sent.len() - answered,
         duplicated,
@@ -677,6 +705,13 @@ impl StandIn {
     }
 
     /// `(identifies, resumes)` so far.
+    /// `(most live sessions at once, each gap with none live in ms)` so far.
+    fn sessions(&self) -> Result<(u64, Vec<u64>)> {
+        let state = http::get_json(&self.addr, "/control/state", Duration::from_secs(5))?;
+        let gaps = state.get("session_gaps_ms").as_array().iter().filter_map(|g| g.as_u64()).collect();
+        Ok((state.get("max_live").as_u64().unwrap_or(0), gaps))
+    }
+
     fn counts(&self) -> Result<(u64, u64)> {
         let state = http::get_json(&self.addr, "/control/state", Duration::from_secs(5))?;
         Ok((state.get("identifies").as_u64().unwrap_or(0), state.get("resumes").as_u64().unwrap_or(0)))
