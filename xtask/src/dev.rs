@@ -39,8 +39,8 @@ use crate::{
 const WAIT_SECS: &str = "180";
 /// What the bot's build reads, relative to the workspace root: what `--watch` watches.
 const WATCHED: &[&str] = &["bot", "Cargo.toml", "Cargo.lock"];
-/// The compose label (and variable) naming the build a container runs: see compose/dev.yml.
-const BINARY_VAR: &str = "LATTICE_DEV_BINARY";
+/// The compose variable (and label) naming the build a container runs: see compose/dev.yml.
+const BUILD_VAR: &str = "LATTICE_DEV_BUILD";
 
 impl flags::Dev {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -65,7 +65,7 @@ impl flags::Dev {
                 Some(binary)
             }
             Build::DryRun => {
-                dev.bring_up("<sha256 printed by the build>")?;
+                dev.bring_up("<build named by the build service>")?;
                 if self.watch {
                     dev.dry_run_watch(&tree);
                 }
@@ -95,7 +95,7 @@ struct DevStack<'a> {
 
 /// What a build of the bot came to.
 enum Build {
-    /// Built and installed for the bot: the binary's sha256.
+    /// Built and installed for the bot: which build it is.
     Built(String),
     /// The build failed: what it printed on standard error.
     Failed(String),
@@ -104,7 +104,7 @@ enum Build {
 
 impl DevStack<'_> {
     fn compose(&self, binary: &str) -> Cmd<'_> {
-        self.stack.cmd(self.plan.sh()).env(BINARY_VAR, binary)
+        self.stack.cmd(self.plan.sh()).env(BUILD_VAR, binary)
     }
 
     /// Compiles the bot in the `build` service and installs it in the `bot-bin` volume.
@@ -119,9 +119,9 @@ impl DevStack<'_> {
             return Ok(Build::Failed(stderr_text));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        match binary_digest(&stdout) {
-            Some(digest) => Ok(Build::Built(digest)),
-            None => bail!("the build succeeded but printed no sha256 of the binary:\n{stdout}{stderr_text}"),
+        match build_id(&stdout) {
+            Some(id) => Ok(Build::Built(id)),
+            None => bail!("the build succeeded but did not say which build it made:\n{stdout}{stderr_text}"),
         }
     }
 
@@ -190,16 +190,16 @@ impl DevStack<'_> {
     fn dry_run_watch(&self, tree: &Tree) {
         let plan = self.plan;
         plan.note(&format!(
-            "then watch {} and, after each change ({BINARY_VAR}=<sha256 of the new binary> for compose):",
+            "then watch {} and, after each change ({BUILD_VAR}=<the new build> for compose):",
             tree.describe()
         ));
         let _ = self.build(Mode::Detached);
         plan.note("if bot/migrations changed:");
         let cmd =
-            self.compose("<new sha256>").args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"]);
+            self.compose("<new build>").args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"]);
         let _ = plan.output(cmd, Mode::Detached);
         plan.note("if the binary changed (the bot alone is recreated):");
-        let cmd = self.compose("<new sha256>").args([
+        let cmd = self.compose("<new build>").args([
             "up",
             "--detach",
             "--wait",
@@ -307,11 +307,10 @@ fn describe_changes(changed: &[PathBuf]) -> String {
     }
 }
 
-/// The sha256 the build service prints last (`<hex>  /bot-bin/lattice-bot`).
-fn binary_digest(stdout: &str) -> Option<String> {
-    let line = stdout.lines().rev().find(|line| line.ends_with("/lattice-bot"))?;
-    let digest = line.split_whitespace().next()?;
-    (digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit())).then(|| digest.to_string())
+/// The build the build service names last (`lattice-bot build <id>`).
+fn build_id(stdout: &str) -> Option<String> {
+    let id = stdout.lines().rev().find_map(|line| line.strip_prefix("lattice-bot build "))?.trim();
+    (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
 }
 
 /// What a failed build printed, without cargo's progress lines: the compiler's errors and warnings
@@ -356,11 +355,10 @@ mod tests {
     use xshell::Shell;
 
     #[test]
-    fn the_digest_is_the_last_line_of_the_build() {
-        let digest = "a".repeat(64);
-        assert_eq!(binary_digest(&format!("{digest}  /bot-bin/lattice-bot\n")), Some(digest));
-        assert_eq!(binary_digest("not a digest  /bot-bin/lattice-bot\n"), None);
-        assert_eq!(binary_digest(""), None);
+    fn the_build_is_named_by_the_last_line() {
+        assert_eq!(build_id("lattice-bot build 1795806035.894208807\n"), Some("1795806035.894208807".into()));
+        assert_eq!(build_id("lattice-bot build \n"), None);
+        assert_eq!(build_id(""), None);
     }
 
     #[test]
