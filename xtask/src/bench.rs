@@ -13,6 +13,9 @@
 //!     image     `cargo xtask image build` of a clone of HEAD: total size, the bot-binary layer
 //!               (`docker history`), then the rebuild after a one-line commit to bot/src and
 //!               whether the dependency layer was reused
+//!     dev       in a clone of HEAD: the first `cargo xtask dev` (cold), then under `dev --watch`
+//!               a one-line change to the reply text, timed until `cargo xtask chat` answers
+//!               with it (rebuild and restart shown apart)
 //!     memory    the release bot against the Discord stand-in and a Postgres container
 //!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream
 //!     handover  leader lock handover (SIGTERM the leader, the standby resumes the session)
@@ -25,6 +28,7 @@
 
 mod bot;
 mod compile;
+mod dev;
 mod http;
 mod image;
 mod json;
@@ -36,7 +40,7 @@ use anyhow::{bail, Context, Result};
 use crate::{flags, plan::Plan, project::Project};
 
 /// The groups, in the order they run.
-pub const GROUPS: &[&str] = &["compile", "image", "memory", "handover", "deploy"];
+pub const GROUPS: &[&str] = &["compile", "image", "dev", "memory", "handover", "deploy"];
 
 impl flags::Bench {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -52,6 +56,7 @@ impl flags::Bench {
             let result = match group {
                 "compile" => compile::run(plan, project, &mut report),
                 "image" => image::run(plan, project, &mut report),
+                "dev" => dev::run(plan, project, &mut report),
                 "memory" => bot::memory(plan, project, &mut report),
                 "handover" => bot::handover(plan, project, &mut report),
                 "deploy" => {

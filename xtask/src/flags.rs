@@ -168,7 +168,7 @@ pub struct Bench {
     /// Write the figures as TOML to this file too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run only this group (repeatable): compile, image, memory, handover, deploy.
-    #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "memory", "handover", "deploy"])]
+    /// Run only this group (repeatable): compile, image, dev, memory, handover, deploy.
+    #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "dev", "memory", "handover", "deploy"])]
     pub only: Vec<String>,
 }
