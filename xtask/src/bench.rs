@@ -241,6 +241,18 @@ pub fn median(values: &[f64]) -> Option<f64> {
     Some(if sorted.len().is_multiple_of(2) { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] })
 }
 
+/// A temporary `git clone` of the project's HEAD: the committed tree, whatever the work tree
+/// holds. The directory goes with the returned guard.
+pub fn clone_head(plan: &Plan, project: &Project) -> Result<(xshell::TempDir, std::path::PathBuf)> {
+    let sh = plan.sh();
+    let temp = sh.create_temp_dir()?;
+    let repo = temp.path().join("repo");
+    let root = &project.root;
+    plan.run(xshell::cmd!(sh, "git clone --quiet {root} {repo}"))
+        .context("cloning HEAD into a temporary directory")?;
+    Ok((temp, repo))
+}
+
 /// Bytes as MiB, for the table.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

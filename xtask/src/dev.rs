@@ -156,28 +156,27 @@ impl DevStack<'_> {
         Ok(())
     }
 
+    /// Applies the migrations with the new binary, without touching the running services.
+    fn migrate_cmd(&self, binary: &str) -> Cmd<'_> {
+        self.compose(binary).args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"])
+    }
+
     /// Recreates the bot alone on the new binary (the label naming it changed) and waits until it
     /// is healthy; Postgres and the stand-in are left as they are.
+    fn recreate_bot_cmd(&self, binary: &str) -> Cmd<'_> {
+        self.compose(binary).args(["up", "--detach", "--wait", "--wait-timeout", "60", "--no-deps", "bot"])
+    }
+
     fn restart_bot(&self, binary: &str, migrate: bool) -> Result<()> {
         let plan = self.plan;
         if migrate {
-            let cmd = self.compose(binary).args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"]);
-            let out = plan.output(cmd, Mode::Detached)?.context("dry run")?;
+            let out = plan.output(self.migrate_cmd(binary), Mode::Detached)?.context("dry run")?;
             if !out.status.success() {
                 bail!("the migrations failed:\n{}", String::from_utf8_lossy(&out.stderr).trim_end());
             }
             print!("{}", String::from_utf8_lossy(&out.stdout));
         }
-        let cmd = self.compose(binary).args([
-            "up",
-            "--detach",
-            "--wait",
-            "--wait-timeout",
-            "60",
-            "--no-deps",
-            "bot",
-        ]);
-        let out = plan.output(cmd, Mode::Detached)?.context("dry run")?;
+        let out = plan.output(self.recreate_bot_cmd(binary), Mode::Detached)?.context("dry run")?;
         if !out.status.success() {
             bail!(
                 "the new bot did not become healthy (`cargo xtask logs` shows why):\n{}",
@@ -195,20 +194,9 @@ impl DevStack<'_> {
         ));
         let _ = self.build(Mode::Detached);
         plan.note("if bot/migrations changed:");
-        let cmd =
-            self.compose("<new build>").args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"]);
-        let _ = plan.output(cmd, Mode::Detached);
+        let _ = plan.output(self.migrate_cmd("<new build>"), Mode::Detached);
         plan.note("if the binary changed (the bot alone is recreated):");
-        let cmd = self.compose("<new build>").args([
-            "up",
-            "--detach",
-            "--wait",
-            "--wait-timeout",
-            "60",
-            "--no-deps",
-            "bot",
-        ]);
-        let _ = plan.output(cmd, Mode::Detached);
+        let _ = plan.output(self.recreate_bot_cmd("<new build>"), Mode::Detached);
     }
 }
 

@@ -13,9 +13,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::cmd;
 
-use super::{bot::free_port, median, Report};
+use super::{bot::free_port, clone_head, median, Report};
 use crate::{plan::Plan, project::Project};
 
 /// Timed edits: the median is reported.
@@ -28,12 +27,7 @@ const FIRST_START_DEADLINE: Duration = Duration::from_secs(40 * 60);
 const EDIT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let sh = plan.sh();
-    let temp = sh.create_temp_dir()?;
-    let repo = temp.path().join("repo");
-    let root = &project.root;
-    plan.run(cmd!(sh, "git clone --quiet {root} {repo}"))
-        .context("cloning HEAD into a temporary directory")?;
+    let (_temp, repo) = clone_head(plan, project)?;
     let exe = std::env::current_exe().context("finding the running xtask")?;
     let compose_project = format!("lattice-bench-{}", std::process::id());
     let env = vec![
@@ -130,6 +124,16 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
         "s",
         &how("the watcher's `healthy in`: the bot alone recreated, until its health check passes"),
     );
+    // Other work on the machine slows every build: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    if let Some(one_minute) = load.split_whitespace().next() {
+        report.text(
+            "dev",
+            "load_average",
+            one_minute,
+            "1-minute load average right after the edits (/proc/loadavg)",
+        );
+    }
     Ok(())
 }
 
