@@ -75,7 +75,7 @@ impl flags::Dev {
                 bail!("the bot does not build from the working tree (the compiler's messages are above)")
             }
             Build::Failed(_) => {
-                println!("the bot does not build (the compiler's messages are above): fix it and save");
+                println!("the bot does not build (the messages are above): fix it and save, the stack comes up then");
                 None
             }
         };
@@ -274,7 +274,7 @@ impl Watch<'_> {
         let keeps = if self.running.is_some() {
             "the bot keeps running its previous build"
         } else {
-            "nothing runs yet"
+            "the stack comes up once the bot builds"
         };
         if self.last_failure.as_deref() == Some(diagnostics.as_str()) {
             eprintln!("build failed again with the same errors as above; {keeps}. Fix and save to rebuild.");
