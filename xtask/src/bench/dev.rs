@@ -239,7 +239,8 @@ impl Drop for BenchStack {
         let _ = Command::new("docker")
             .args(["compose", "-p", &format!("{}-dev", self.compose_project)])
             .args(["-f", "compose/base.yml", "-f", "compose/dev.yml", "-f", "compose/standin.yml"])
-            .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"])
+            // With the build service's profile: `down` removes only the volumes of the services it sees.
+            .args(["--profile", "build", "down", "--volumes", "--remove-orphans", "--timeout", "5"])
             .current_dir(&self.repo)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
