@@ -1,8 +1,10 @@
 # Muscle memory only: every target is exactly one `cargo xtask` call. The tasks live in xtask/.
 .PHONY: run dev down logs chat test deploy release rollback status doctor
 
-run dev:
+run:
 	cargo xtask dev
+dev:
+	cargo xtask dev --watch
 down:
 	cargo xtask dev --down
 logs:

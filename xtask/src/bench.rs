@@ -13,6 +13,9 @@
 //!     image     `cargo xtask image build` of a clone of HEAD: total size, the bot-binary layer
 //!               (`docker history`), then the rebuild after a one-line commit to bot/src and
 //!               whether the dependency layer was reused
+//!     dev       in a clone of HEAD: the first `cargo xtask dev` (cold), then under `dev --watch`
+//!               a one-line change to the reply text, timed until `cargo xtask chat` answers
+//!               with it (rebuild and restart shown apart)
 //!     memory    the release bot against the Discord stand-in and a Postgres container
 //!               (POSTGRES_IMAGE), placeholder LLM: RSS idle and under a steady message stream;
 //!               then a fresh bot with default limits while one user floods 500 messages
@@ -27,6 +30,7 @@
 
 mod bot;
 mod compile;
+mod dev;
 mod http;
 mod image;
 mod json;
@@ -38,7 +42,7 @@ use anyhow::{bail, Context, Result};
 use crate::{flags, plan::Plan, project::Project};
 
 /// The groups, in the order they run.
-pub const GROUPS: &[&str] = &["compile", "image", "memory", "handover", "deploy"];
+pub const GROUPS: &[&str] = &["compile", "image", "dev", "memory", "handover", "deploy"];
 
 impl flags::Bench {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -54,6 +58,7 @@ impl flags::Bench {
             let result = match group {
                 "compile" => compile::run(plan, project, &mut report),
                 "image" => image::run(plan, project, &mut report),
+                "dev" => dev::run(plan, project, &mut report),
                 "memory" => bot::memory(plan, project, &mut report),
                 "handover" => bot::handover(plan, project, &mut report),
                 "deploy" => {
@@ -236,6 +241,18 @@ pub fn median(values: &[f64]) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
     Some(if sorted.len().is_multiple_of(2) { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] })
+}
+
+/// A temporary `git clone` of the project's HEAD: the committed tree, whatever the work tree
+/// holds. The directory goes with the returned guard.
+pub fn clone_head(plan: &Plan, project: &Project) -> Result<(xshell::TempDir, std::path::PathBuf)> {
+    let sh = plan.sh();
+    let temp = sh.create_temp_dir()?;
+    let repo = temp.path().join("repo");
+    let root = &project.root;
+    plan.run(xshell::cmd!(sh, "git clone --quiet {root} {repo}"))
+        .context("cloning HEAD into a temporary directory")?;
+    Ok((temp, repo))
 }
 
 /// Bytes as MiB, for the table.

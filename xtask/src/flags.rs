@@ -18,7 +18,8 @@ pub struct Xtask {
 
 #[derive(Subcommand, Debug)]
 pub enum Task {
-    /// Run the local stack from source (compose base + dev overlays) and wait until it is healthy.
+    /// Run the local stack from source (compose base + dev overlays) and wait until it is healthy;
+    /// with --watch, rebuild and restart the bot on every change.
     Dev(Dev),
     /// Build or push the bot image, tagged `<git sha>` and `latest`.
     Image(Image),
@@ -49,8 +50,12 @@ pub enum Task {
 #[derive(Args, Debug)]
 pub struct Dev {
     /// Stop the dev stack (volumes are kept).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub down: bool,
+    /// Then keep watching bot/: on every change rebuild (incrementally) and restart the bot alone.
+    /// Ctrl-C stops watching and leaves the stack running.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Args, Debug)]
@@ -163,7 +168,7 @@ pub struct Bench {
     /// Write the figures as TOML to this file too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run only this group (repeatable): compile, image, memory, handover, deploy.
-    #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "memory", "handover", "deploy"])]
+    /// Run only this group (repeatable): compile, image, dev, memory, handover, deploy.
+    #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "dev", "memory", "handover", "deploy"])]
     pub only: Vec<String>,
 }

@@ -23,6 +23,7 @@ mod secrets;
 mod server;
 mod settings;
 mod status;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -6,10 +6,27 @@
 //! from what would really run. Secrets are passed with `.env(..)` or `.stdin(..)`, which `Display`
 //! never shows, so they cannot reach the plan or an error message.
 
-use std::cell::RefCell;
+use std::{
+    cell::RefCell,
+    io::{Read as _, Seek as _},
+    os::unix::process::CommandExt as _,
+    process::{Output, Stdio},
+};
 
 use anyhow::{Context, Result};
 use xshell::{Cmd, Shell};
+
+/// How a step run with [`Plan::output`] meets the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Standard error to the terminal as it comes (a long build's progress); a Ctrl-C stops the
+    /// step together with the xtask.
+    Live,
+    /// Standard error kept for the caller, and the step in its own process group: a Ctrl-C stops
+    /// the xtask, but a rebuild or a container switch already started finishes on its own instead
+    /// of being left halfway.
+    Detached,
+}
 
 pub struct Plan<'a> {
     sh: &'a Shell,
@@ -123,6 +140,33 @@ impl<'a> Plan<'a> {
         Ok(Some(child))
     }
 
+    /// Runs a step to its end and returns its exit status and standard output, and its standard
+    /// error unless it went to the terminal ([`Mode`]). It does not fail on a non-zero exit: the
+    /// caller reads `status`. The step writes into unlinked files rather than pipes, so a detached
+    /// step outliving the xtask is not killed by a broken pipe. A dry run prints it and returns `None`.
+    pub fn output(&self, cmd: Cmd<'_>, mode: Mode) -> Result<Option<Output>> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(None);
+        }
+        let mut stdout_file = unlinked_file()?;
+        let mut stderr_file = unlinked_file()?;
+        let mut command = std::process::Command::from(cmd);
+        command.stdin(Stdio::null()).stdout(stdout_file.try_clone()?);
+        match mode {
+            Mode::Live => command.stderr(Stdio::inherit()),
+            Mode::Detached => command.process_group(0).stderr(stderr_file.try_clone()?),
+        };
+        let status = command.status().with_context(|| format!("could not start: {line}"))?;
+        let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            file.rewind()?;
+            file.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        };
+        Ok(Some(Output { status, stdout: read(&mut stdout_file)?, stderr: read(&mut stderr_file)? }))
+    }
+
     /// Runs a step whose exit status is the answer (e.g. "is this image present?"). Its output is
     /// captured, not shown. A dry run assumes success.
     pub fn check(&self, cmd: Cmd<'_>) -> Result<bool> {
@@ -139,6 +183,23 @@ impl<'a> Plan<'a> {
             .with_context(|| format!("could not start: {line}"))?;
         Ok(output.status.success())
     }
+}
+
+/// A temporary file already removed from its directory: it disappears with its last descriptor,
+/// whenever and however the process ends.
+fn unlinked_file() -> Result<std::fs::File> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("xtask-output-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(file)
 }
 
 /// Quotes one word for a POSIX shell, so that a printed plan can be pasted into one (and so that
@@ -249,6 +310,18 @@ mod tests {
         let out = plan.read(cmd!(sh, "printenv TOKEN").env("TOKEN", "s3cr3t-value")).unwrap();
         assert_eq!(out, "s3cr3t-value");
         assert!(plan.steps().iter().all(|s| !s.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn output_keeps_what_a_step_printed_and_its_status() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, false);
+        let script = "echo out; echo err >&2; exit 3";
+        let out = plan.output(cmd!(sh, "sh -c {script}"), Mode::Detached).unwrap().unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+        assert!(Plan::new(&sh, true).output(cmd!(sh, "false"), Mode::Live).unwrap().is_none());
     }
 
     #[test]

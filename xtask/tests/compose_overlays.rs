@@ -17,7 +17,7 @@ fn compose_config(files: &[&str], env: &[(&str, &str)]) -> Output {
     }
     cmd.args(["config", "--format", "json"]);
     // Only what the test gives: no stray BOT_IMAGE or ports from the caller's environment.
-    for name in ["BOT_IMAGE", "POSTGRES_PORT", "BOT_HTTP_PORT", "DISCORD_TOKEN"] {
+    for name in ["BOT_IMAGE", "POSTGRES_PORT", "BOT_HTTP_PORT", "DISCORD_TOKEN", "COMPOSE_PROFILES"] {
         cmd.env_remove(name);
     }
     cmd.envs(env.iter().copied());
@@ -35,7 +35,9 @@ const DEV: &[&str] = &["compose/base.yml", "compose/dev.yml"];
 
 #[test]
 fn prod_publishes_nothing_builds_nothing_and_mounts_no_source() {
-    let config = merged(PROD, &[("BOT_IMAGE", "registry.example/lattice-bot:abc1234")]);
+    // With every profile a dev machine uses turned on: still only the pre-built image.
+    let config =
+        merged(PROD, &[("BOT_IMAGE", "registry.example/lattice-bot:abc1234"), ("COMPOSE_PROFILES", "build")]);
     let services = config["services"].as_object().unwrap();
     assert_eq!(
         services.keys().collect::<Vec<_>>(),
@@ -65,11 +67,50 @@ fn prod_without_bot_image_fails_naming_it() {
     assert!(stderr.contains("BOT_IMAGE"), "{stderr}");
 }
 
+/// The mounts of a service: `(type, source, target, read_only)`.
+fn mounts(service: &Value) -> Vec<(String, String, String, bool)> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    service["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (text(&v["type"]), text(&v["source"]), text(&v["target"]), v["read_only"] == true))
+        .collect()
+}
+
 #[test]
-fn dev_builds_the_bot_and_publishes_on_loopback_only() {
-    let config = merged(DEV, &[]);
+fn dev_runs_the_bot_built_from_the_mounted_source_and_publishes_on_loopback_only() {
+    let config = merged(DEV, &[("COMPOSE_PROFILES", "build")]);
     let services = &config["services"];
-    assert!(services["bot"]["build"].is_object(), "dev builds the bot from the working tree");
+    for (name, service) in services.as_object().unwrap() {
+        assert!(
+            service.get("build").is_none(),
+            "{name}: dev builds no image, it compiles in the build service"
+        );
+    }
+    // The build service compiles the working tree, mounted read-only, into named volumes.
+    let build = mounts(&services["build"]);
+    let bot_source = root().join("bot").to_string_lossy().to_string();
+    assert!(
+        build.iter().any(|(kind, source, target, ro)| kind == "bind"
+            && *source == bot_source
+            && target == "/src/bot"
+            && *ro),
+        "the bot's source is mounted read-only: {build:?}"
+    );
+    for target in ["/cargo-target", "/bot-bin"] {
+        assert!(
+            build.iter().any(|(kind, _, t, ro)| kind == "volume" && t == target && !ro),
+            "{target} is a named volume, kept across builds: {build:?}"
+        );
+    }
+    assert!(build.iter().all(|(_, source, _, _)| !source.ends_with(".env")), "no secrets reach the build");
+    // The bot runs what it built, from the volume, read-only.
+    let bot = mounts(&services["bot"]);
+    assert_eq!(bot, [("volume".into(), "bot-bin".into(), "/usr/local/bin".into(), true)], "{bot:?}");
+    assert_eq!(services["bot"]["healthcheck"]["test"][1], "lattice-bot");
+    // Without the profile, `up` leaves the build service out.
+    assert!(merged(DEV, &[])["services"].get("build").is_none(), "`up` must not start the build service");
     for name in ["bot", "postgres"] {
         let ports = services[name]["ports"].as_array().unwrap_or_else(|| panic!("{name} has no port in dev"));
         for port in ports {

@@ -481,7 +481,7 @@ fn bot_binary(plan: &Plan, project: &Project) -> Result<PathBuf> {
     Ok(target.join("release/lattice-bot"))
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

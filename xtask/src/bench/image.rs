@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{mib, Report};
+use super::{clone_head, mib, Report};
 use crate::{plan::Plan, project::Project};
 
 /// The repository the bench tags its builds with.
@@ -24,12 +24,7 @@ const BENCH_IMAGE: &str = "lattice-bench/lattice-bot";
 const BUILD_DEADLINE: Duration = Duration::from_secs(40 * 60);
 
 pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let sh = plan.sh();
-    let temp = sh.create_temp_dir()?;
-    let repo = temp.path().join("repo");
-    let root = &project.root;
-    plan.run(cmd!(sh, "git clone --quiet {root} {repo}"))
-        .context("cloning HEAD into a temporary directory")?;
+    let (_temp, repo) = clone_head(plan, project)?;
     let clone_sh = Shell::new()?;
     clone_sh.change_dir(&repo);
     let clone_plan = Plan::new(&clone_sh, plan.is_dry_run());
