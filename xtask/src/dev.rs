@@ -21,10 +21,9 @@ const WAIT_SECS: &str = "180";
 
 impl flags::Dev {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
-        let sh = plan.sh();
         let stack = Stack::dev(project);
         if self.down {
-            return plan.run(stack.cmd(sh).args(["down", "--remove-orphans"]));
+            return plan.run(stack.cmd().args(["down", "--remove-orphans"]));
         }
         if !project.has_real_discord_token() {
             plan.note(
@@ -32,11 +31,11 @@ impl flags::Dev {
                  (set DISCORD_TOKEN and OPENROUTER_API_KEY in .env to use the real services)",
             );
         }
-        plan.run(stack.cmd(sh).arg("build")).context("building the bot image from the working tree")?;
+        plan.run(stack.cmd().arg("build")).context("building the bot image from the working tree")?;
         // As in production: the schema first (this also starts Postgres), then the bot.
-        plan.run(stack.cmd(sh).args(["run", "--rm", "bot", "migrate"]))
+        plan.run(stack.cmd().args(["run", "--rm", "bot", "migrate"]))
             .context("migrating the dev database")?;
-        plan.run(stack.cmd(sh).args(["up", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
+        plan.run(stack.cmd().args(["up", "--detach", "--wait", "--wait-timeout", WAIT_SECS]))
             .context("the dev stack did not come up healthy; see `cargo xtask logs`")?;
         if plan.is_dry_run() {
             return Ok(());

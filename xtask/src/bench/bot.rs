@@ -23,10 +23,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, TempDir};
+use xshell::TempDir;
 
 use super::{http, median, mib, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The stand-in's default world (`lattice-bot discord-standin` without flags).
 const GUILD_ID: &str = "100000000000000001";
@@ -345,7 +348,6 @@ struct SwitchRun {
 }
 
 fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: Switch) -> Result<SwitchRun> {
-    let sh = plan.sh();
     let n = switch.name();
     // A fresh stand-in per scenario: its counts start at zero and no session of another run applies.
     let discord = StandIn::start(bin, temp, &format!("{n}-standin"))?;
@@ -366,7 +368,7 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let pid = old.process.pid().to_string();
     let signal = if switch == Switch::KillThenStart { "-KILL" } else { "-TERM" };
     let switched_at = Instant::now();
-    plan.run(cmd!(sh, "kill {signal} {pid}"))?;
+    plan.run(Cmd::of("kill").arg(signal).arg(pid))?;
     let (new, old_exit) = if switch == Switch::LeaderLock {
         let standby = new.take().expect("a standby");
         // Both at once: when the old leader is gone, and when the standby serves.
@@ -444,9 +446,7 @@ fn longest_gap(instants: &[Instant]) -> Duration {
 
 /// Builds the release bot on the host (the image's binary is the same code) and returns its path.
 fn bot_binary(plan: &Plan, project: &Project) -> Result<PathBuf> {
-    let sh = plan.sh();
-    plan.run(cmd!(sh, "cargo build --release --locked -p lattice-bot"))
-        .context("building the release bot")?;
+    plan.run(Cmd::of("cargo build --release --locked -p lattice-bot")).context("building the release bot")?;
     let target =
         project.env.get("CARGO_TARGET_DIR").map_or_else(|| project.root.join("target"), PathBuf::from);
     let target = if target.is_relative() { project.root.join(target) } else { target };
@@ -473,7 +473,6 @@ struct Postgres {
 
 impl Postgres {
     fn start(plan: &Plan, project: &Project, bin: &Path) -> Result<Postgres> {
-        let sh = plan.sh();
         let image = project.env.get("POSTGRES_IMAGE").unwrap_or("postgres:16-bookworm");
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let name = format!("lattice-bench-pg-{}-{}", std::process::id(), nanos % 1_000_000);
@@ -482,13 +481,26 @@ impl Postgres {
         let publish = format!("127.0.0.1:{port}:5432");
         // The password reaches docker through its environment (`-e NAME` without a value), never argv.
         plan.run(
-            cmd!(
-                sh,
-                "docker run --detach --name {name} -e POSTGRES_USER=lattice -e POSTGRES_PASSWORD -e POSTGRES_DB=lattice --publish {publish} {image}"
-            )
-            .env("POSTGRES_PASSWORD", &pg.password),
+            Cmd::of("docker run --detach --name")
+                .arg(&name)
+                .args([
+                    "-e",
+                    "POSTGRES_USER=lattice",
+                    "-e",
+                    "POSTGRES_PASSWORD",
+                    "-e",
+                    "POSTGRES_DB=lattice",
+                    "--publish",
+                ])
+                .arg(publish)
+                .arg(image)
+                .env("POSTGRES_PASSWORD", &pg.password),
         )
-        .with_context(|| format!("starting Postgres from {image} (set POSTGRES_IMAGE to a local image if it cannot be pulled)"))?;
+        .with_context(|| {
+            format!(
+                "starting Postgres from {image} (set POSTGRES_IMAGE to a local image if it cannot be pulled)"
+            )
+        })?;
         // Over TCP: the official entrypoint's first, temporary server listens on the socket only.
         plan.note(&format!(
             "waiting for: docker exec {name} pg_isready -h 127.0.0.1 -U lattice (every 0.5 s)"
@@ -520,7 +532,7 @@ impl Postgres {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let mut migrate = cmd!(sh, "{bin} migrate");
+        let mut migrate = Cmd::new(bin).arg("migrate");
         for (key, value) in pg.env() {
             migrate = migrate.env(key, value);
         }

@@ -13,10 +13,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use super::{mib, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The repository the bench tags its builds with.
 const BENCH_IMAGE: &str = "lattice-bench/lattice-bot";
@@ -24,11 +27,10 @@ const BENCH_IMAGE: &str = "lattice-bench/lattice-bot";
 const BUILD_DEADLINE: Duration = Duration::from_secs(40 * 60);
 
 pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let sh = plan.sh();
-    let temp = sh.create_temp_dir()?;
+    let temp = plan.sh().create_temp_dir()?;
     let repo = temp.path().join("repo");
     let root = &project.root;
-    plan.run(cmd!(sh, "git clone --quiet {root} {repo}"))
+    plan.run(Cmd::of("git clone --quiet").arg(root).arg(&repo))
         .context("cloning HEAD into a temporary directory")?;
     let clone_sh = Shell::new()?;
     clone_sh.change_dir(&repo);
@@ -42,9 +44,9 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
         "in {}: LATTICE_IMAGE={BENCH_IMAGE} cargo xtask image build (cold cache: many minutes)",
         repo.display()
     ));
-    let sha = clone_plan.read(cmd!(clone_sh, "git rev-parse HEAD"))?;
+    let sha = clone_plan.read(Cmd::of("git rev-parse HEAD"))?;
     tags.names.push(format!("{BENCH_IMAGE}:{sha}"));
-    let Some(first) = build(&clone_plan, &clone_sh, &exe)? else {
+    let Some(first) = build(&clone_plan, &exe)? else {
         plan.note("then: docker image inspect and docker history of <image>:<sha>, a one-line commit to bot/src/main.rs in the clone, the same build again");
         return Ok(());
     };
@@ -78,13 +80,15 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     text.push_str(&format!("// bench: one-line change {nanos}\n"));
     std::fs::write(&main_rs, text)?;
     let message = "bench: one-line change";
-    clone_plan.run(cmd!(
-        clone_sh,
-        "git -c user.name=lattice-bench -c user.email=bench@localhost commit --quiet --all --message {message}"
-    ))?;
-    let changed_sha = clone_plan.read(cmd!(clone_sh, "git rev-parse HEAD"))?;
+    clone_plan.run(
+        Cmd::of(
+            "git -c user.name=lattice-bench -c user.email=bench@localhost commit --quiet --all --message",
+        )
+        .arg(message),
+    )?;
+    let changed_sha = clone_plan.read(Cmd::of("git rev-parse HEAD"))?;
     tags.names.push(format!("{BENCH_IMAGE}:{changed_sha}"));
-    let Some(second) = build(&clone_plan, &clone_sh, &exe)? else { return Ok(()) };
+    let Some(second) = build(&clone_plan, &exe)? else { return Ok(()) };
     report.seconds(
         "image",
         "rebuild_one_line",
@@ -141,9 +145,11 @@ struct Build {
 
 /// Runs `<exe> image build` in the clone, echoing the build's steps as progress and keeping its
 /// output. `None` in a dry run.
-fn build(plan: &Plan, sh: &Shell, exe: &Path) -> Result<Option<Build>> {
+fn build(plan: &Plan, exe: &Path) -> Result<Option<Build>> {
     let start = Instant::now();
-    let Some(mut child) = plan.spawn(cmd!(sh, "{exe} image build").env("LATTICE_IMAGE", BENCH_IMAGE))? else {
+    let Some(mut child) =
+        plan.spawn(Cmd::new(exe).args(["image", "build"]).env("LATTICE_IMAGE", BENCH_IMAGE))?
+    else {
         return Ok(None);
     };
     drop(child.stdin.take());
@@ -192,12 +198,11 @@ fn build(plan: &Plan, sh: &Shell, exe: &Path) -> Result<Option<Build>> {
 
 /// `(total, bot binary layer)` in bytes.
 fn sizes(plan: &Plan, reference: &str) -> Result<(u64, u64)> {
-    let sh = plan.sh();
     let size = "{{.Size}}";
-    let total = plan.read(cmd!(sh, "docker image inspect --format {size} {reference}"))?;
+    let total = plan.read(Cmd::of("docker image inspect --format").arg(size).arg(reference))?;
     let columns = "{{.Size}}\t{{.CreatedBy}}";
     let history =
-        plan.read(cmd!(sh, "docker history --no-trunc --human=false --format {columns} {reference}"))?;
+        plan.read(Cmd::of("docker history --no-trunc --human=false --format").arg(columns).arg(reference))?;
     if plan.is_dry_run() {
         return Ok((0, 0));
     }
