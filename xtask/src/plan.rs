@@ -67,6 +67,9 @@ impl<'a> Plan<'a> {
     /// The step as xshell runs it: in the shell's directory, with the step's env and stdin.
     fn xshell(&self, cmd: &Cmd) -> xshell::Cmd<'a> {
         let mut x = self.sh.cmd(cmd.program()).args(cmd.arguments()).quiet();
+        if cmd.clears_env() {
+            x = x.env_clear();
+        }
         for (key, value) in cmd.envs() {
             x = x.env(key, value);
         }
@@ -148,6 +151,64 @@ impl<'a> Plan<'a> {
             .spawn()
             .with_context(|| format!("could not start: {line}"))?;
         Ok(Some(child))
+    }
+
+    /// Starts a long-lived step in the background (a process under measurement), standard input
+    /// closed, its output going to `log`. A dry run prints it and starts nothing.
+    pub fn start(&self, cmd: Cmd, log: &std::path::Path) -> Result<Option<std::process::Child>> {
+        let line = self.record(&cmd);
+        self.note(&format!("its output goes to {}", log.display()));
+        if self.dry_run {
+            return Ok(None);
+        }
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = std::process::Command::from(self.xshell(&cmd))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("could not start: {line}"))?;
+        Ok(Some(child))
+    }
+
+    /// Runs a check every `every` until it succeeds (`true`) or `within` has passed (`false`),
+    /// printed once. A dry run prints it and assumes success.
+    pub fn poll(&self, cmd: Cmd, every: std::time::Duration, within: std::time::Duration) -> Result<bool> {
+        let line = self.record(&cmd);
+        self.note(&format!(
+            "(repeated every {:.1} s until it succeeds, at most {} s)",
+            every.as_secs_f64(),
+            within.as_secs()
+        ));
+        if self.dry_run {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let output = self
+                .xshell(&cmd)
+                .ignore_status()
+                .ignore_stdout()
+                .ignore_stderr()
+                .output()
+                .with_context(|| format!("could not start: {line}"))?;
+            if output.status.success() {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    /// Runs a clean-up step (removing what a task started); a failure is ignored, as there is
+    /// nothing left to do about it. A dry run prints it.
+    pub fn cleanup(&self, cmd: Cmd) {
+        self.record(&cmd);
+        if !self.dry_run {
+            let _ = self.xshell(&cmd).ignore_status().ignore_stdout().ignore_stderr().output();
+        }
     }
 
     /// Runs a step whose exit status is the answer (e.g. "is this image present?"). Its output is

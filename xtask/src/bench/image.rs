@@ -37,7 +37,8 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     let clone_plan = Plan::new(&clone_sh, plan.is_dry_run());
     let exe = std::env::current_exe().context("finding the running xtask")?;
     // A dry run removes nothing either.
-    let mut tags = Tags { names: vec![format!("{BENCH_IMAGE}:latest")], armed: !plan.is_dry_run() };
+    // Printed, not run, in a dry run: a dry run removes nothing either.
+    let mut tags = Tags { plan, names: vec![format!("{BENCH_IMAGE}:latest")] };
 
     // 1. The committed tree, as `cargo xtask image build` builds it.
     plan.note(&format!(
@@ -119,22 +120,14 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
 }
 
 /// Removes the bench's tags when dropped (also on failure); the layers stay as build cache.
-struct Tags {
+struct Tags<'p, 'a> {
+    plan: &'p Plan<'a>,
     names: Vec<String>,
-    armed: bool,
 }
 
-impl Drop for Tags {
+impl Drop for Tags<'_, '_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let _ = std::process::Command::new("docker")
-            .arg("rmi")
-            .args(&self.names)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        self.plan.cleanup(Cmd::of("docker rmi").args(&self.names));
     }
 }
 

@@ -13,12 +13,13 @@ use std::{ffi::OsStr, fmt};
 pub struct Cmd {
     words: Vec<String>,
     env: Vec<(String, String)>,
+    env_clear: bool,
     stdin: Option<Vec<u8>>,
 }
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Cmd {
-        Cmd { words: vec![word(program)], env: Vec::new(), stdin: None }
+        Cmd { words: vec![word(program)], env: Vec::new(), env_clear: false, stdin: None }
     }
 
     /// A fixed command written as one line, e.g. `Cmd::of("git rev-parse HEAD")`: split at spaces,
@@ -58,6 +59,12 @@ impl Cmd {
         self
     }
 
+    /// Starts the command with an empty environment, but for what [`Cmd::env`] sets.
+    pub fn env_clear(mut self) -> Cmd {
+        self.env_clear = true;
+        self
+    }
+
     /// Feeds `input` to the command's standard input; it is never printed.
     pub fn stdin(mut self, input: impl AsRef<[u8]>) -> Cmd {
         self.stdin = Some(input.as_ref().to_vec());
@@ -79,6 +86,10 @@ impl Cmd {
 
     pub fn envs(&self) -> &[(String, String)] {
         &self.env
+    }
+
+    pub fn clears_env(&self) -> bool {
+        self.env_clear
     }
 
     pub fn input(&self) -> Option<&[u8]> {
