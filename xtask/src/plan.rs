@@ -185,14 +185,7 @@ impl<'a> Plan<'a> {
         }
         let deadline = std::time::Instant::now() + within;
         loop {
-            let output = self
-                .xshell(&cmd)
-                .ignore_status()
-                .ignore_stdout()
-                .ignore_stderr()
-                .output()
-                .with_context(|| format!("could not start: {line}"))?;
-            if output.status.success() {
+            if self.succeeds(&cmd, &line)? {
                 return Ok(true);
             }
             if std::time::Instant::now() > deadline {
@@ -207,7 +200,7 @@ impl<'a> Plan<'a> {
     pub fn cleanup(&self, cmd: Cmd) {
         self.record(&cmd);
         if !self.dry_run {
-            let _ = self.xshell(&cmd).ignore_status().ignore_stdout().ignore_stderr().output();
+            let _ = self.succeeds(&cmd, "");
         }
     }
 
@@ -218,8 +211,13 @@ impl<'a> Plan<'a> {
         if self.dry_run {
             return Ok(true);
         }
+        self.succeeds(&cmd, &line)
+    }
+
+    /// Runs a step already printed as `line`, its output hidden; whether it exited 0.
+    fn succeeds(&self, cmd: &Cmd, line: &str) -> Result<bool> {
         let output = self
-            .xshell(&cmd)
+            .xshell(cmd)
             .ignore_status()
             .ignore_stdout()
             .ignore_stderr()
