@@ -56,14 +56,24 @@ const DRY_RUN_NOTE: &str = "then: docker run lattice-bench-pg-* ($POSTGRES_IMAGE
 
 // ---- the groups ----
 
-pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
+/// What both groups start from: the release bot built, a temp dir for logs, a migrated Postgres.
+/// `None` in a dry run, which says what would follow.
+fn prepare<'p, 'a>(
+    plan: &'p Plan<'a>,
+    project: &Project,
+) -> Result<Option<(PathBuf, TempDir, Postgres<'p, 'a>)>> {
     let bin = bot_binary(plan, project)?;
     if plan.is_dry_run() {
         plan.note(DRY_RUN_NOTE);
-        return Ok(());
+        return Ok(None);
     }
     let temp = plan.sh().create_temp_dir()?;
     let pg = Postgres::start(plan, project, &bin)?;
+    Ok(Some((bin, temp, pg)))
+}
+
+pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
+    let Some((bin, temp, pg)) = prepare(plan, project)? else { return Ok(()) };
     let discord = StandIn::start(plan, &bin, &temp, "standin")?;
     let bot = BotProcess::spawn(plan, &bin, &pg, &discord, &temp, "bot", Limits::Stream)?;
     bot.wait_gateway("connected", START_DEADLINE)?;
@@ -244,13 +254,7 @@ fn watch_count(replies: &Replies, ids: &[String]) -> usize {
 }
 
 pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let bin = bot_binary(plan, project)?;
-    if plan.is_dry_run() {
-        plan.note(DRY_RUN_NOTE);
-        return Ok(());
-    }
-    let temp = plan.sh().create_temp_dir()?;
-    let pg = Postgres::start(plan, project, &bin)?;
+    let Some((bin, temp, pg)) = prepare(plan, project)? else { return Ok(()) };
     for switch in [Switch::LeaderLock, Switch::KillThenStart, Switch::StopThenStart] {
         plan.note(&format!("handover: {}", switch.describe()));
         let run = switch_over(plan, &bin, &pg, &temp, switch)?;
