@@ -420,21 +420,8 @@ impl Harness {
     fn xtask_killed_at(&mut self, args: &[&str], step: &str) -> String {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        cmd.args(args)
-            .current_dir(&self.clone)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
-            cmd.env_remove(name);
-        }
-        cmd.env("LATTICE_IMAGE", &self.image)
-            .env("LATTICE_DEPLOY_PATH", &self.deploy_path)
-            .env("LATTICE_COMPOSE_PROJECT", &self.project)
-            .env("LATTICE_TEST_PAUSE_AT", step)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .process_group(0);
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("LATTICE_TEST_PAUSE_AT", step).process_group(0);
         let mut child = cmd.spawn().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let readers: Vec<_> = [
