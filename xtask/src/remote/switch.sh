@@ -53,7 +53,8 @@ echo "switch current to $sha"
 switch "$sha"
 pause switch
 if [ "$pause" = health ]; then
-	compose "$sha" up --detach --remove-orphans
+	# Started but not yet waited for; a failure here shows in the health wait below.
+	compose "$sha" up --detach --remove-orphans || true
 	pause health
 fi
 echo "wait up to $timeout s for $sha to be healthy"
