@@ -56,7 +56,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use twilight_model::{
     channel::message::{Message, MessageFlags, MessageReference, MessageReferenceType, MessageType},
-    gateway::{payload::incoming::Ready, ShardId},
+    gateway::{
+        payload::incoming::{Hello, Ready},
+        CloseCode, OpCode, ShardId,
+    },
     guild::UnavailableGuild,
     id::Id,
     oauth::{ApplicationFlags, PartialApplication},
@@ -571,8 +574,26 @@ async fn gateway(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocket
     })
 }
 
-fn frame(op: u8, d: Value, s: Option<u64>, t: Option<&str>) -> WsMessage {
+fn frame(op: OpCode, d: Value, s: Option<u64>, t: Option<&str>) -> WsMessage {
     WsMessage::Text(json!({ "op": op, "d": d, "s": s, "t": t }).to_string().into())
+}
+
+fn close(code: CloseCode, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: code as u16, reason: reason.into() }))
+}
+
+/// A session on one connection: dispatch `k` of it is event `base + k` of the world (READY, the
+/// first, carries sequence 1), and `next` is the next event to send.
+struct Session {
+    base: usize,
+    next: usize,
+}
+
+impl Session {
+    /// The sequence number of event `next`.
+    fn next_seq(&self) -> u64 {
+        (self.next - self.base) as u64 + 2
+    }
 }
 
 /// One gateway connection; returns when the client leaves or the control API drops it.
@@ -596,10 +617,15 @@ async fn connection(
     let mut changed = s.changed.subscribe();
     let (drops_at_start, reconnects_at_start) = s.read(|i| (i.drops, i.reconnects));
     socket
-        .send(frame(10, json!({ "heartbeat_interval": s.world.heartbeat_interval_ms }), None, None))
+        .send(frame(
+            OpCode::Hello,
+            serde_json::to_value(Hello { heartbeat_interval: s.world.heartbeat_interval_ms })
+                .expect("hello serializes"),
+            None,
+            None,
+        ))
         .await?;
-    // (session id, events index at READY, next events index to send)
-    let mut session: Option<(String, usize, usize)> = None;
+    let mut session: Option<Session> = None;
     let mut asked_reconnect = false;
     loop {
         tokio::select! {
@@ -615,15 +641,16 @@ async fn connection(
                     Some(Ok(_)) => continue,
                 };
                 let Ok(payload) = serde_json::from_str::<Value>(&text) else {
-                    socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: 4002, reason: "Error while decoding payload.".into() }))).await?;
+                    socket.send(close(CloseCode::DecodeError, "Error while decoding payload.")).await?;
                     return Ok(());
                 };
-                match payload["op"].as_u64() {
-                    Some(1) => socket.send(frame(11, Value::Null, None, None)).await?,
-                    Some(2) => {
+                let op = payload["op"].as_u64().and_then(|op| u8::try_from(op).ok()).and_then(OpCode::from);
+                match op {
+                    Some(OpCode::Heartbeat) => socket.send(frame(OpCode::HeartbeatAck, Value::Null, None, None)).await?,
+                    Some(OpCode::Identify) => {
                         let token_ok = payload["d"]["token"].as_str().is_some_and(|t| !t.trim().is_empty());
                         if !token_ok {
-                            socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: 4004, reason: "Authentication failed.".into() }))).await?;
+                            socket.send(close(CloseCode::AuthenticationFailed, "Authentication failed.")).await?;
                             return Ok(());
                         }
                         let (id, base) = s.update(|i| {
@@ -643,10 +670,10 @@ async fn connection(
                             user: current_user(),
                             version: 10,
                         };
-                        socket.send(frame(0, serde_json::to_value(&ready).expect("ready serializes"), Some(1), Some("READY"))).await?;
-                        session = Some((id, base, base));
+                        socket.send(frame(OpCode::Dispatch, serde_json::to_value(&ready).expect("ready serializes"), Some(1), Some("READY"))).await?;
+                        session = Some(Session { base, next: base });
                     }
-                    Some(6) => {
+                    Some(OpCode::Resume) => {
                         let id = payload["d"]["session_id"].as_str().unwrap_or_default().to_owned();
                         let seq = payload["d"]["seq"].as_u64().unwrap_or(0);
                         match s.read(|i| i.sessions.get(&id).copied()) {
@@ -657,13 +684,13 @@ async fn connection(
                                 });
                                 // Event index `base + k` carries sequence `k + 2` (READY was 1).
                                 let next = (base + seq.saturating_sub(1) as usize).max(base);
-                                let mut st = (id, base, next);
-                                send_pending(s, &mut socket, &mut st).await?;
-                                let last_seq = (st.2 - st.1) as u64 + 1;
-                                socket.send(frame(0, json!({}), Some(last_seq), Some("RESUMED"))).await?;
-                                session = Some(st);
+                                let mut resumed = Session { base, next };
+                                send_pending(s, &mut socket, &mut resumed).await?;
+                                let last_seq = resumed.next_seq() - 1;
+                                socket.send(frame(OpCode::Dispatch, json!({}), Some(last_seq), Some("RESUMED"))).await?;
+                                session = Some(resumed);
                             }
-                            None => socket.send(frame(9, Value::Bool(false), None, None)).await?,
+                            None => socket.send(frame(OpCode::InvalidSession, Value::Bool(false), None, None)).await?,
                         }
                     }
                     _ => {}
@@ -680,27 +707,22 @@ async fn connection(
                 }
                 if reconnects != reconnects_at_start && !asked_reconnect {
                     asked_reconnect = true;
-                    socket.send(frame(7, Value::Null, None, None)).await?;
+                    socket.send(frame(OpCode::Reconnect, Value::Null, None, None)).await?;
                 }
-                if let Some(st) = session.as_mut() {
-                    send_pending(s, &mut socket, st).await?;
+                if let Some(session) = session.as_mut() {
+                    send_pending(s, &mut socket, session).await?;
                 }
             }
         }
     }
 }
 
-async fn send_pending(
-    s: &Shared,
-    socket: &mut WebSocket,
-    st: &mut (String, usize, usize),
-) -> Result<(), axum::Error> {
+async fn send_pending(s: &Shared, socket: &mut WebSocket, session: &mut Session) -> Result<(), axum::Error> {
     let pending: Vec<(&'static str, Value)> =
-        s.read(|i| i.events.get(st.2..).map(<[_]>::to_vec).unwrap_or_default());
+        s.read(|i| i.events.get(session.next..).map(<[_]>::to_vec).unwrap_or_default());
     for (t, d) in pending {
-        let seq = (st.2 - st.1) as u64 + 2;
-        socket.send(frame(0, d, Some(seq), Some(t))).await?;
-        st.2 += 1;
+        socket.send(frame(OpCode::Dispatch, d, Some(session.next_seq()), Some(t))).await?;
+        session.next += 1;
     }
     Ok(())
 }

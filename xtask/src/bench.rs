@@ -33,13 +33,17 @@ mod compile;
 mod dev;
 mod http;
 mod image;
-mod json;
 
-use std::{fmt::Write as _, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
-use crate::{flags, plan::Plan, project::Project};
+use crate::{
+    flags,
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The groups, in the order they run.
 pub const GROUPS: &[&str] = &["compile", "image", "dev", "memory", "handover", "deploy"];
@@ -84,7 +88,7 @@ impl flags::Bench {
         }
         println!("{}", report.table());
         if let Some(out) = &self.out {
-            std::fs::write(out, report.toml()).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(out, report.toml()?).with_context(|| format!("writing {}", out.display()))?;
             println!("figures written to {}", out.display());
         }
         if !failed.is_empty() {
@@ -95,7 +99,8 @@ impl flags::Bench {
 }
 
 /// One measured value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Value {
     Number(f64),
     Text(String),
@@ -181,46 +186,21 @@ impl Report {
         out.trim_end().to_string()
     }
 
-    /// `[group.figure]` tables with `value`, `unit` and `how` (written by hand: the xtask's `toml`
-    /// is built to parse only).
-    pub fn toml(&self) -> String {
-        let mut out = String::from("# cargo xtask bench\n");
+    /// `[group.figure]` tables with `value`, `unit` and `how`.
+    pub fn toml(&self) -> Result<String> {
+        #[derive(Serialize)]
+        struct Entry<'r> {
+            value: &'r Value,
+            unit: &'r str,
+            how: &'r str,
+        }
+        let mut groups: BTreeMap<&str, BTreeMap<&str, Entry>> = BTreeMap::new();
         for f in &self.figures {
-            let value = match &f.value {
-                Value::Number(n) if n.is_finite() => format!("{n:?}"),
-                Value::Number(_) => "nan".to_string(),
-                Value::Text(t) => toml_string(t),
-            };
-            let _ = write!(
-                out,
-                "\n[{}.{}]\nvalue = {value}\nunit = {}\nhow = {}\n",
-                f.group,
-                f.name,
-                toml_string(f.unit),
-                toml_string(&f.how)
-            );
+            let entry = Entry { value: &f.value, unit: f.unit, how: &f.how };
+            groups.entry(f.group).or_default().insert(&f.name, entry);
         }
-        out
+        Ok(["# cargo xtask bench\n\n", &toml::to_string(&groups)?].concat())
     }
-}
-
-/// A TOML basic string.
-fn toml_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn render(value: &Value) -> String {
@@ -250,7 +230,7 @@ pub fn clone_head(plan: &Plan, project: &Project) -> Result<(xshell::TempDir, st
     let temp = sh.create_temp_dir()?;
     let repo = temp.path().join("repo");
     let root = &project.root;
-    plan.run(xshell::cmd!(sh, "git clone --quiet {root} {repo}"))
+    plan.run(Cmd::of("git clone --quiet").arg(root).arg(&repo))
         .context("cloning HEAD into a temporary directory")?;
     Ok((temp, repo))
 }
@@ -282,7 +262,7 @@ mod tests {
         assert!(table.contains("12.250  MiB"), "{table}");
         assert!(table.contains("-- deploy"), "{table}");
         report.text("x", "quoted", "a \"b\"\\ c\nd", "");
-        let toml: toml::Table = report.toml().parse().unwrap();
+        let toml: toml::Table = report.toml().unwrap().parse().unwrap();
         assert_eq!(toml["x"]["quoted"]["value"].as_str(), Some("a \"b\"\\ c\nd"));
         assert_eq!(toml["memory"]["rss_idle"]["value"].as_float(), Some(12.25));
         assert_eq!(toml["memory"]["rss_idle"]["unit"].as_str(), Some("MiB"));

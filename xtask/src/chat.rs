@@ -12,7 +12,6 @@ use crate::{compose::Stack, flags, plan::Plan, project::Project};
 
 impl flags::Chat {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
-        let sh = plan.sh();
         let stack = Stack::dev(project);
         if project.has_real_discord_token() {
             bail!(
@@ -20,12 +19,12 @@ impl flags::Chat {
                  DISCORD_TOKEN and run `cargo xtask dev` to use the local stand-in"
             );
         }
-        let running = plan.read(stack.cmd(sh).args(["ps", "--status", "running", "--services"]))?;
+        let running = plan.read(stack.cmd().args(["ps", "--status", "running", "--services"]))?;
         if !plan.is_dry_run() && !running.lines().any(|service| service == "discord") {
             bail!("the dev stack is not up (no running Discord stand-in): start it with `cargo xtask dev`");
         }
         let wait = self.wait.to_string();
-        plan.run_interactive(stack.cmd(sh).args([
+        plan.run_interactive(stack.cmd().args([
             "exec",
             "-T",
             "discord",

@@ -1,9 +1,7 @@
 //! The compose overlays: `compose/base.yml` plus `dev.yml` (build from source) or `prod.yml`
 //! (pre-built image). Every `docker compose` command of the xtask is built here.
 
-use xshell::{cmd, Cmd, Shell};
-
-use crate::{project::Project, settings::Settings};
+use crate::{plan::Cmd, project::Project, settings::Settings};
 
 pub const BASE: &str = "compose/base.yml";
 pub const DEV: &str = "compose/dev.yml";
@@ -62,9 +60,8 @@ impl Stack {
     }
 
     /// `docker compose -p … -f … -f …`, ready for a subcommand.
-    pub fn cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
-        let args = self.args();
-        cmd!(sh, "docker compose {args...}")
+    pub fn cmd(&self) -> Cmd {
+        Cmd::of("docker compose").args(self.args())
     }
 }
 
@@ -80,10 +77,9 @@ mod tests {
 
     #[test]
     fn dev_stack_without_a_token_runs_the_standin() {
-        let sh = Shell::new().unwrap();
         let stack = Stack::dev(&project(Env::from_pairs([("DISCORD_TOKEN", "")])));
         assert_eq!(
-            stack.cmd(&sh).arg("up").to_string(),
+            stack.cmd().arg("up").to_string(),
             "docker compose -p lattice-dev -f compose/base.yml -f compose/dev.yml -f compose/standin.yml up"
         );
     }

@@ -25,12 +25,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::Cmd;
 
 use crate::{
     compose::Stack,
     flags, http,
-    plan::{Mode, Plan},
+    plan::{Cmd, Mode, Plan},
     project::Project,
     watch::{Snapshot, Tree},
 };
@@ -46,7 +45,7 @@ impl flags::Dev {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
         let stack = Stack::dev(project);
         if self.down {
-            return plan.run(stack.cmd(plan.sh()).args(["down", "--remove-orphans"]));
+            return plan.run(stack.cmd().args(["down", "--remove-orphans"]));
         }
         if !project.has_real_discord_token() {
             plan.note(
@@ -103,14 +102,14 @@ enum Build {
 }
 
 impl DevStack<'_> {
-    fn compose(&self, binary: &str) -> Cmd<'_> {
-        self.stack.cmd(self.plan.sh()).env(BUILD_VAR, binary)
+    fn compose(&self, binary: &str) -> Cmd {
+        self.stack.cmd().env(BUILD_VAR, binary)
     }
 
     /// Compiles the bot in the `build` service and installs it in the `bot-bin` volume.
     fn build(&self, mode: Mode) -> Result<Build> {
         let color = if std::io::stderr().is_terminal() { "always" } else { "never" };
-        let cmd = self.stack.cmd(self.plan.sh()).args(["run", "--rm", "--no-TTY", "build"]);
+        let cmd = self.stack.cmd().args(["run", "--rm", "--no-TTY", "build"]);
         let Some(out) = self.plan.output(cmd.env("CARGO_TERM_COLOR", color), mode)? else {
             return Ok(Build::DryRun);
         };
@@ -157,13 +156,13 @@ impl DevStack<'_> {
     }
 
     /// Applies the migrations with the new binary, without touching the running services.
-    fn migrate_cmd(&self, binary: &str) -> Cmd<'_> {
+    fn migrate_cmd(&self, binary: &str) -> Cmd {
         self.compose(binary).args(["run", "--rm", "--no-TTY", "--no-deps", "bot", "migrate"])
     }
 
     /// Recreates the bot alone on the new binary (the label naming it changed) and waits until it
     /// is healthy; Postgres and the stand-in are left as they are.
-    fn recreate_bot_cmd(&self, binary: &str) -> Cmd<'_> {
+    fn recreate_bot_cmd(&self, binary: &str) -> Cmd {
         self.compose(binary).args(["up", "--detach", "--wait", "--wait-timeout", "60", "--no-deps", "bot"])
     }
 

@@ -7,9 +7,12 @@
 //!     required tool is missing. Compose v1 alone is reported as unsupported.
 
 use anyhow::{bail, Result};
-use xshell::cmd;
 
-use crate::{flags, plan::Plan, project::Project};
+use crate::{
+    flags,
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The oldest Compose v2 with everything the xtask uses (`up --wait`, several `--env-file`s, `!reset`).
 const COMPOSE_MIN: (u32, u32) = (2, 24);
@@ -30,10 +33,9 @@ struct Check {
 
 impl flags::Doctor {
     pub fn run(self, plan: &Plan, _project: &Project) -> Result<()> {
-        let sh = plan.sh();
         let mut checks = Vec::new();
 
-        let docker = plan.probe(cmd!(sh, "docker --version"));
+        let docker = plan.probe(Cmd::of("docker --version"));
         checks.push(Check {
             name: "docker",
             required: true,
@@ -46,7 +48,7 @@ impl flags::Doctor {
             },
         });
 
-        let engine = plan.probe(cmd!(sh, "docker version --format").arg("{{.Server.Version}}"));
+        let engine = plan.probe(Cmd::of("docker version --format").arg("{{.Server.Version}}"));
         checks.push(Check {
             name: "docker engine",
             required: true,
@@ -60,15 +62,15 @@ impl flags::Doctor {
             },
         });
 
-        let plugin = plan.probe(cmd!(sh, "docker compose version --short"));
-        let standalone = plan.probe(cmd!(sh, "docker-compose version --short"));
+        let plugin = plan.probe(Cmd::of("docker compose version --short"));
+        let standalone = plan.probe(Cmd::of("docker-compose version --short"));
         checks.push(Check {
             name: "compose v2",
             required: true,
             verdict: compose_verdict(plugin.as_deref(), standalone.as_deref()),
         });
 
-        let buildx = plan.probe(cmd!(sh, "docker buildx version"));
+        let buildx = plan.probe(Cmd::of("docker buildx version"));
         checks.push(Check {
             name: "buildx (BuildKit)",
             required: false,
@@ -82,7 +84,7 @@ impl flags::Doctor {
             },
         });
 
-        let ssh = plan.probe(cmd!(sh, "ssh -V"));
+        let ssh = plan.probe(Cmd::of("ssh -V"));
         checks.push(Check {
             name: "ssh",
             required: true,
@@ -95,7 +97,7 @@ impl flags::Doctor {
             },
         });
 
-        let git = plan.probe(cmd!(sh, "git --version"));
+        let git = plan.probe(Cmd::of("git --version"));
         checks.push(Check {
             name: "git",
             required: true,

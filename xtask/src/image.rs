@@ -35,13 +35,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::cmd;
 
 use crate::{
     env::Env,
     flags::{self, ImageAction},
-    plan::Plan,
+    plan::{Cmd, Plan},
     project::Project,
+    registry,
 };
 
 /// The bot's Dockerfile, relative to the workspace root (the build context).
@@ -101,15 +101,6 @@ impl ImageRef {
     pub fn refs(&self) -> [String; 2] {
         [self.sha_ref(), self.latest_ref()]
     }
-
-    /// The registry host to log in to: the first path component when it looks like a host
-    /// (`ghcr.io`, `127.0.0.1:5000`, `localhost`), else Docker Hub.
-    pub fn registry_host(&self) -> &str {
-        match self.repository.split_once('/') {
-            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
-            _ => "docker.io",
-        }
-    }
 }
 
 /// Builds `<image>:<sha>` and `<image>:latest` (see the module docs).
@@ -125,7 +116,6 @@ pub fn build(plan: &Plan, project: &Project, allow_dirty: bool) -> Result<ImageR
 /// Builds (unless that commit's image is already here) and pushes `<image>:<sha>` and
 /// `<image>:latest`; returns what was pushed. `release` calls this.
 pub fn push(plan: &Plan, project: &Project, allow_dirty: bool) -> Result<ImageRef> {
-    let sh = plan.sh();
     let mut revision = Revision::read(plan)?;
     revision.admit(plan, allow_dirty)?;
     let image = ImageRef::new(&project.settings.image, &revision.sha);
@@ -139,20 +129,24 @@ pub fn push(plan: &Plan, project: &Project, allow_dirty: bool) -> Result<ImageRe
 
     let sha_ref = image.sha_ref();
     let label = format!("label={REVISION_LABEL}={}", revision.image_revision());
-    let present =
-        plan.read(cmd!(sh, "docker image ls --quiet --filter reference={sha_ref} --filter {label}"))?;
+    let present = plan.read(
+        Cmd::of("docker image ls --quiet --filter")
+            .arg(format!("reference={sha_ref}"))
+            .arg("--filter")
+            .arg(label),
+    )?;
     if plan.is_dry_run() {
         plan.note(&format!("dry run: assuming {sha_ref} is not built yet"));
     }
     if !plan.is_dry_run() && !present.is_empty() && !revision.from_work_tree {
         plan.note(&format!("{sha_ref} is already built from that commit: pushing it as it is"));
         let latest = image.latest_ref();
-        plan.run(cmd!(sh, "docker tag {sha_ref} {latest}"))?;
+        plan.run(Cmd::of("docker tag").arg(&sha_ref).arg(latest))?;
     } else {
         build_image(plan, project, &image, &revision, builder, Output::Local)?;
     }
     for reference in image.refs() {
-        plan.run(cmd!(sh, "docker push {reference}")).with_context(|| {
+        plan.run(Cmd::of("docker push").arg(&reference)).with_context(|| {
             format!("pushing {reference} (is the registry reachable, and are you logged in? set REGISTRY_USER and REGISTRY_PASSWORD)")
         })?;
     }
@@ -170,13 +164,11 @@ struct Revision {
 
 impl Revision {
     fn read(plan: &Plan) -> Result<Revision> {
-        let sh = plan.sh();
-        let sha = plan.read(cmd!(sh, "git rev-parse HEAD")).context("finding the commit to build")?;
-        let status = plan.read(cmd!(sh, "git status --porcelain --untracked-files=all"))?;
+        // Reading HEAD changes nothing and makes a dry run's printed tags real.
+        let sha = plan.read_fact(Cmd::of("git rev-parse HEAD")).context("finding the commit to build")?;
+        let status = plan.read(Cmd::of("git status --porcelain --untracked-files=all"))?;
         if plan.is_dry_run() {
-            // The plan only holds placeholders. Reading HEAD changes nothing and makes the printed
-            // tags real; the status stays unread, so a dry run also shows a dirty tree's plan.
-            let sha = cmd!(sh, "git rev-parse HEAD").quiet().ignore_stderr().read().unwrap_or(sha);
+            // The status stays unread, so a dry run also shows a dirty tree's plan.
             return Ok(Revision { sha, dirty: Vec::new(), from_work_tree: false });
         }
         if !is_full_sha(&sha) {
@@ -230,7 +222,7 @@ enum Builder {
 
 impl Builder {
     fn detect(plan: &Plan, env: &Env) -> Result<Builder> {
-        let has_buildx = plan.check(cmd!(plan.sh(), "docker buildx version"))?;
+        let has_buildx = plan.check(Cmd::of("docker buildx version"))?;
         let (builder, note) = choose_builder(
             env.get("GITHUB_ACTIONS") == Some("true"),
             has_buildx,
@@ -295,20 +287,20 @@ fn build_image(
         let tree = temp.path().join("tree");
         sh.create_dir(&tree)?;
         let sha = &revision.sha;
-        plan.run(cmd!(sh, "git archive --format=tar --output {tar} {sha}"))?;
+        plan.run(Cmd::of("git archive --format=tar --output").arg(&tar).arg(sha))?;
         // With the modes a checkout has (git archive writes 0664 files; the umask makes them what
         // a clone's are), so a build from the work tree and one from a commit share cached layers.
-        plan.run(cmd!(sh, "tar -xf {tar} -C {tree} --no-same-permissions"))?;
+        plan.run(Cmd::of("tar -xf").arg(&tar).arg("-C").arg(&tree).arg("--no-same-permissions"))?;
         tree
     };
 
     let mut build = match builder {
         Builder::BuildxGha => {
-            cmd!(sh, "docker buildx build --cache-from type=gha --cache-to type=gha,mode=max")
+            Cmd::of("docker buildx build --cache-from type=gha --cache-to type=gha,mode=max")
         }
-        Builder::Docker => cmd!(sh, "docker build"),
+        Builder::Docker => Cmd::of("docker build"),
         // Explicitly legacy: DOCKER_BUILDKIT=1 in the environment would fail without buildx.
-        Builder::Legacy => cmd!(sh, "docker build").env("DOCKER_BUILDKIT", "0"),
+        Builder::Legacy => Cmd::of("docker build").env("DOCKER_BUILDKIT", "0"),
     };
     build = build.arg("--file").arg(context.join(DOCKERFILE));
     for (name, value) in &args {
@@ -352,12 +344,11 @@ fn source_url(plan: &Plan, env: &Env) -> Result<String> {
     if let (Some(server), Some(repository)) = (env.get("GITHUB_SERVER_URL"), env.get("GITHUB_REPOSITORY")) {
         return Ok(format!("{}/{repository}", server.trim_end_matches('/')));
     }
-    let sh = plan.sh();
-    let remotes = plan.read(cmd!(sh, "git remote"))?;
+    let remotes = plan.read(Cmd::of("git remote"))?;
     if !remotes.lines().any(|remote| remote.trim() == "origin") {
         return Ok(String::new());
     }
-    let url = plan.read(cmd!(sh, "git remote get-url origin"))?;
+    let url = plan.read(Cmd::of("git remote get-url origin"))?;
     Ok(without_credentials(&url))
 }
 
@@ -373,15 +364,11 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
+/// With REGISTRY_USER and REGISTRY_PASSWORD set, logs in to the image's registry (password on stdin).
 fn login(plan: &Plan, env: &Env, image: &ImageRef) -> Result<()> {
-    let (Some(user), Some(password)) = (env.get("REGISTRY_USER"), env.get("REGISTRY_PASSWORD")) else {
-        return Ok(());
-    };
-    let host = image.registry_host();
-    let sh = plan.sh();
-    // The password travels on stdin: never in argv, never in the printed plan.
-    let login = cmd!(sh, "docker login {host} --username {user} --password-stdin").stdin(password);
-    plan.run(login).with_context(|| format!("logging in to {host} as {user}"))
+    let Some(login) = registry::login(env, &image.repository) else { return Ok(()) };
+    let host = registry::host(&image.repository);
+    plan.run(login).with_context(|| format!("logging in to {host}"))
 }
 
 /// The schema an image's migrations lead to, for its labels: rollback compares these with the
@@ -519,15 +506,6 @@ mod tests {
                 "ghcr.io/o/lattice-bot:latest".to_string()
             ]
         );
-    }
-
-    #[test]
-    fn the_registry_to_log_in_to_comes_from_the_repository() {
-        assert_eq!(ImageRef::new("ghcr.io/o/bot", "x").registry_host(), "ghcr.io");
-        assert_eq!(ImageRef::new("127.0.0.1:5000/lattice-bot", "x").registry_host(), "127.0.0.1:5000");
-        assert_eq!(ImageRef::new("localhost/bot", "x").registry_host(), "localhost");
-        assert_eq!(ImageRef::new("owner/bot", "x").registry_host(), "docker.io");
-        assert_eq!(ImageRef::new("bot", "x").registry_host(), "docker.io");
     }
 
     #[test]
@@ -676,7 +654,7 @@ mod tests {
         let project = project([("REGISTRY_USER", "ci-bot"), ("REGISTRY_PASSWORD", "hunter2-secret")]);
         let image = push(&plan, &project, false).unwrap();
         let steps = plan.steps();
-        assert!(steps.contains(&"docker login registry.example --username ci-bot --password-stdin".into()));
+        assert!(steps.contains(&"docker login --username ci-bot --password-stdin registry.example".into()));
         let pushes: Vec<_> = steps.iter().filter(|s| s.starts_with("docker push ")).collect();
         assert_eq!(pushes.len(), 2, "{steps:#?}");
         assert!(pushes[0].contains(&image.sha_ref()), "{steps:#?}");

@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::{compose::Stack, deploy::current, flags, plan::Plan, project::Project, server::Server};
+use crate::{compose::Stack, flags, plan::Plan, project::Project, remote::Server};
 
 impl flags::Logs {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -19,15 +19,10 @@ impl flags::Logs {
             args.push("--follow");
         }
         if !self.server {
-            return plan.run(Stack::dev(project).cmd(plan.sh()).args(&args));
+            return plan.run(Stack::dev(project).cmd().args(&args));
         }
-        let mut problems = Vec::new();
-        let mut server = Server::prepare(plan, project, &mut problems)?;
-        if !problems.is_empty() && !plan.is_dry_run() {
-            bail!("{}", problems.join("\n"));
-        }
-        server.connect()?;
-        let Some(sha) = current(&server)? else { bail!("nothing is deployed on the server yet") };
-        server.run(&server.layout.compose(&sha, &args))
+        let server = Server::open(plan, project, Vec::new())?;
+        let Some(sha) = server.current()? else { bail!("nothing is deployed on the server yet") };
+        server.run(server.layout.compose(&sha, &args))
     }
 }

@@ -13,32 +13,25 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     compose::Stack,
-    deploy::{check_server_env, current},
     flags,
     plan::Plan,
     project::Project,
-    server::{who, Server},
+    remote::{who, Server},
 };
 
 impl flags::Migrate {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
         if !self.server {
-            return plan
-                .run(Stack::dev(project).cmd(plan.sh()).args(["run", "--rm", "--no-TTY", "bot", "migrate"]));
+            return plan.run(Stack::dev(project).cmd().args(["run", "--rm", "--no-TTY", "bot", "migrate"]));
         }
-        let mut problems = Vec::new();
-        let mut server = Server::prepare(plan, project, &mut problems)?;
-        if !problems.is_empty() && !plan.is_dry_run() {
-            bail!("nothing on the server was touched:\n  - {}", problems.join("\n  - "));
-        }
-        server.connect()?;
-        check_server_env(&server)?;
+        let server = Server::open(plan, project, Vec::new())?;
+        server.require_app_env()?;
         let _lock = server.lock(&format!("{} migrate", who(&project.env)), None)?;
-        let Some(sha) = current(&server)? else {
+        let Some(sha) = server.current()? else {
             bail!("nothing is deployed on the server yet: `cargo xtask deploy --sha <sha>` migrates as it deploys")
         };
         server
-            .run(&server.layout.compose(&sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]))
+            .run(server.layout.compose(&sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]))
             .context("migrations failed on the server (their output is above)")
     }
 }

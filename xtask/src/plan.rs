@@ -1,10 +1,13 @@
 //! The one door every external command goes through.
 //!
-//! A task builds real xshell commands and hands them to [`Plan`]. In a normal run each step is
-//! echoed (`$ docker compose …`) and run; with `--dry-run` the same strings are printed, in order,
-//! and nothing runs. Because the printed line is the command's own `Display`, the plan cannot drift
-//! from what would really run. Secrets are passed with `.env(..)` or `.stdin(..)`, which `Display`
-//! never shows, so they cannot reach the plan or an error message.
+//! A task builds each step as a [`Cmd`] (a program and its words, see [`cmd`]) and hands it to
+//! [`Plan`]. In a normal run each step is echoed (`$ docker compose …`) and run; with `--dry-run`
+//! the same lines are printed, in order, and nothing runs. The printed line is the command's own
+//! words, quoted once, so the plan cannot drift from what would really run, and pasted into a
+//! shell it runs the same words. Secrets are passed with [`Cmd::env`] or [`Cmd::stdin`], which are
+//! never printed, so they cannot reach the plan or an error message.
+
+mod cmd;
 
 use std::{
     cell::RefCell,
@@ -14,7 +17,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use xshell::{Cmd, Shell};
+use xshell::Shell;
+
+#[cfg(test)]
+use self::cmd::shell_quote;
+pub use self::cmd::{Cmd, Line};
 
 /// How a step run with [`Plan::output`] meets the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +70,8 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn record(&self, cmd: &Cmd<'_>) -> String {
-        let line = shell_words(&display_words(&cmd.to_string()));
+    fn record(&self, cmd: &Cmd) -> String {
+        let line = cmd.to_string();
         self.steps.borrow_mut().push(line.clone());
         if self.dry_run {
             println!("$ {line}");
@@ -74,25 +81,44 @@ impl<'a> Plan<'a> {
         line
     }
 
+    /// The step as xshell runs it: in the shell's directory, with the step's env and stdin.
+    fn xshell(&self, cmd: &Cmd) -> xshell::Cmd<'a> {
+        let mut x = self.sh.cmd(cmd.program()).args(cmd.arguments()).quiet();
+        if cmd.clears_env() {
+            x = x.env_clear();
+        }
+        for key in cmd.removed_envs() {
+            x = x.env_remove(key);
+        }
+        for (key, value) in cmd.envs() {
+            x = x.env(key, value);
+        }
+        if let Some(input) = cmd.input() {
+            x = x.stdin(input);
+        }
+        x
+    }
+
     /// Runs a step, its output going straight to the terminal. Fails on a non-zero exit.
-    pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
+    pub fn run(&self, cmd: Cmd) -> Result<()> {
         self.record(&cmd);
         if self.dry_run {
             return Ok(());
         }
         // xshell's error already names the whole command and its exit code.
-        Ok(cmd.quiet().run()?)
+        Ok(self.xshell(&cmd).run()?)
     }
 
     /// Runs an interactive step: standard input, output and error stay the terminal's
     /// (a chat, a shell). Fails on a non-zero exit.
-    pub fn run_interactive(&self, cmd: Cmd<'_>) -> Result<()> {
+    pub fn run_interactive(&self, cmd: Cmd) -> Result<()> {
         let line = self.record(&cmd);
         if self.dry_run {
             return Ok(());
         }
-        let status =
-            std::process::Command::from(cmd).status().with_context(|| format!("could not start: {line}"))?;
+        let status = std::process::Command::from(self.xshell(&cmd))
+            .status()
+            .with_context(|| format!("could not start: {line}"))?;
         if !status.success() {
             anyhow::bail!("step failed ({status}): {line}");
         }
@@ -101,22 +127,29 @@ impl<'a> Plan<'a> {
 
     /// Runs a step and returns its standard output, trimmed. In a dry run it returns a placeholder
     /// naming the command, so later steps can still be printed.
-    pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
+    pub fn read(&self, cmd: Cmd) -> Result<String> {
         let line = self.record(&cmd);
         if self.dry_run {
             return Ok(format!("<output of {line}>"));
         }
-        Ok(cmd.quiet().read()?)
+        Ok(self.xshell(&cmd).read()?)
+    }
+
+    /// Reads a fact that changes nothing (e.g. which commit HEAD is), in a dry run too, so that the
+    /// printed plan names real things rather than placeholders.
+    pub fn read_fact(&self, cmd: Cmd) -> Result<String> {
+        self.record(&cmd);
+        Ok(self.xshell(&cmd).read()?)
     }
 
     /// Runs a probe: `Some(output)` (stdout, or stderr when stdout is empty, trimmed) when it
     /// succeeds, `None` when it fails or cannot start. A dry run prints it and answers `None`.
-    pub fn probe(&self, cmd: Cmd<'_>) -> Option<String> {
+    pub fn probe(&self, cmd: Cmd) -> Option<String> {
         self.record(&cmd);
         if self.dry_run {
             return None;
         }
-        let output = cmd.quiet().ignore_status().output().ok()?;
+        let output = self.xshell(&cmd).ignore_status().output().ok()?;
         if !output.status.success() {
             return None;
         }
@@ -127,14 +160,32 @@ impl<'a> Plan<'a> {
 
     /// Starts a long-lived step in the background with piped stdin and stdout (e.g. the ssh session
     /// that holds the deploy lock). A dry run prints it and starts nothing.
-    pub fn spawn(&self, cmd: Cmd<'_>) -> Result<Option<std::process::Child>> {
+    pub fn spawn(&self, cmd: Cmd) -> Result<Option<std::process::Child>> {
         let line = self.record(&cmd);
         if self.dry_run {
             return Ok(None);
         }
-        let child = std::process::Command::from(cmd)
+        let child = std::process::Command::from(self.xshell(&cmd))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start: {line}"))?;
+        Ok(Some(child))
+    }
+
+    /// Starts a long-lived step in the background (a process under measurement), standard input
+    /// closed, its output going to `log`. A dry run prints it and starts nothing.
+    pub fn start(&self, cmd: Cmd, log: &std::path::Path) -> Result<Option<std::process::Child>> {
+        let line = self.record(&cmd);
+        self.note(&format!("its output goes to {}", log.display()));
+        if self.dry_run {
+            return Ok(None);
+        }
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = std::process::Command::from(self.xshell(&cmd))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
             .with_context(|| format!("could not start: {line}"))?;
         Ok(Some(child))
@@ -144,14 +195,14 @@ impl<'a> Plan<'a> {
     /// error unless it went to the terminal ([`Mode`]). It does not fail on a non-zero exit: the
     /// caller reads `status`. The step writes into unlinked files rather than pipes, so a detached
     /// step outliving the xtask is not killed by a broken pipe. A dry run prints it and returns `None`.
-    pub fn output(&self, cmd: Cmd<'_>, mode: Mode) -> Result<Option<Output>> {
+    pub fn output(&self, cmd: Cmd, mode: Mode) -> Result<Option<Output>> {
         let line = self.record(&cmd);
         if self.dry_run {
             return Ok(None);
         }
         let mut stdout_file = unlinked_file()?;
         let mut stderr_file = unlinked_file()?;
-        let mut command = std::process::Command::from(cmd);
+        let mut command = std::process::Command::from(self.xshell(&cmd));
         command.stdin(Stdio::null()).stdout(stdout_file.try_clone()?);
         match mode {
             Mode::Live => command.stderr(Stdio::inherit()),
@@ -167,15 +218,53 @@ impl<'a> Plan<'a> {
         Ok(Some(Output { status, stdout: read(&mut stdout_file)?, stderr: read(&mut stderr_file)? }))
     }
 
+    /// Runs a check every `every` until it succeeds (`true`) or `within` has passed (`false`),
+    /// printed once. A dry run prints it and assumes success.
+    pub fn poll(&self, cmd: Cmd, every: std::time::Duration, within: std::time::Duration) -> Result<bool> {
+        let line = self.record(&cmd);
+        self.note(&format!(
+            "(repeated every {:.1} s until it succeeds, at most {} s)",
+            every.as_secs_f64(),
+            within.as_secs()
+        ));
+        if self.dry_run {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.succeeds(&cmd, &line)? {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    /// Runs a clean-up step (removing what a task started); a failure is ignored, as there is
+    /// nothing left to do about it. A dry run prints it.
+    pub fn cleanup(&self, cmd: Cmd) {
+        self.record(&cmd);
+        if !self.dry_run {
+            let _ = self.succeeds(&cmd, "");
+        }
+    }
+
     /// Runs a step whose exit status is the answer (e.g. "is this image present?"). Its output is
     /// captured, not shown. A dry run assumes success.
-    pub fn check(&self, cmd: Cmd<'_>) -> Result<bool> {
+    pub fn check(&self, cmd: Cmd) -> Result<bool> {
         let line = self.record(&cmd);
         if self.dry_run {
             return Ok(true);
         }
-        let output = cmd
-            .quiet()
+        self.succeeds(&cmd, &line)
+    }
+
+    /// Runs a step already printed as `line`, its output hidden; whether it exited 0.
+    fn succeeds(&self, cmd: &Cmd, line: &str) -> Result<bool> {
+        let output = self
+            .xshell(cmd)
             .ignore_status()
             .ignore_stdout()
             .ignore_stderr()
@@ -202,72 +291,9 @@ fn unlinked_file() -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Quotes one word for a POSIX shell, so that a printed plan can be pasted into one (and so that
-/// a remote command line, which the server's shell parses again, means what it says).
-pub fn shell_quote(word: &str) -> String {
-    let plain =
-        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r#"'\''"#))
-    }
-}
-
-/// Quotes and joins words into one shell command line.
-pub fn shell_words<S: AsRef<str>>(words: &[S]) -> String {
-    words.iter().map(|w| shell_quote(w.as_ref())).collect::<Vec<_>>().join(" ")
-}
-
-/// The words of a command as xshell displays it: plain words, and words holding white space in
-/// double quotes with Rust's `escape_default` escapes (readable, but not what a shell expects).
-fn display_words(display: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = display.chars().peekable();
-    loop {
-        while chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        let Some(&first) = chars.peek() else { break };
-        let mut word = String::new();
-        if first == '"' {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' => match chars.next() {
-                        Some('n') => word.push('\n'),
-                        Some('t') => word.push('\t'),
-                        Some('r') => word.push('\r'),
-                        Some('u') => {
-                            let hex: String =
-                                chars.by_ref().skip_while(|&c| c == '{').take_while(|&c| c != '}').collect();
-                            word.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
-                        }
-                        Some(other) => word.push(other),
-                        None => {}
-                    },
-                    c => word.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ' ' {
-                    break;
-                }
-                word.push(c);
-                chars.next();
-            }
-        }
-        words.push(word);
-    }
-    words
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xshell::cmd;
 
     #[test]
     fn dry_run_records_steps_in_order_and_runs_none() {
@@ -276,8 +302,8 @@ mod tests {
         let marker = sh.create_temp_dir().unwrap();
         let file = marker.path().join("touched");
         plan.note("make a file");
-        plan.run(cmd!(sh, "touch {file}")).unwrap();
-        assert_eq!(plan.read(cmd!(sh, "echo hi")).unwrap(), "<output of echo hi>");
+        plan.run(Cmd::new("touch").arg(&file)).unwrap();
+        assert_eq!(plan.read(Cmd::of("echo hi")).unwrap(), "<output of echo hi>");
         assert!(!file.exists(), "a dry run must not run anything");
         assert_eq!(
             plan.steps(),
@@ -290,16 +316,14 @@ mod tests {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, true);
         let remote = "cd app && printf '%s\\n' \"$(date)\" >> log\tnext";
-        plan.run(cmd!(sh, "ssh host {remote}")).unwrap();
-        plan.run(cmd!(sh, "docker image inspect --format").args(["{{.Size}}", "x", "é ü"])).unwrap();
+        plan.run(Cmd::of("ssh host").arg(remote)).unwrap();
+        plan.run(Cmd::of("docker image inspect --format").args(["{{.Size}}", "x", "é ü"])).unwrap();
         let steps = plan.steps();
         assert_eq!(steps[0], format!("ssh host {}", shell_quote(remote)));
         assert_eq!(steps[1], "docker image inspect --format '{{.Size}}' x 'é ü'");
         // A real shell reads the printed line back into the very same words.
-        let out = cmd!(sh, "sh -c")
-            .arg(format!("for w in {}; do printf '[%s]' \"$w\"; done", &steps[0][9..]))
-            .read()
-            .unwrap();
+        let script = format!("for w in {}; do printf '[%s]' \"$w\"; done", &steps[0][9..]);
+        let out = Plan::new(&sh, false).read(Cmd::of("sh -c").arg(script)).unwrap();
         assert_eq!(out, format!("[{remote}]"));
     }
 
@@ -307,7 +331,7 @@ mod tests {
     fn secrets_given_through_env_stay_out_of_the_plan() {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
-        let out = plan.read(cmd!(sh, "printenv TOKEN").env("TOKEN", "s3cr3t-value")).unwrap();
+        let out = plan.read(Cmd::of("printenv TOKEN").env("TOKEN", "s3cr3t-value")).unwrap();
         assert_eq!(out, "s3cr3t-value");
         assert!(plan.steps().iter().all(|s| !s.contains("s3cr3t")));
     }
@@ -316,21 +340,23 @@ mod tests {
     fn output_keeps_what_a_step_printed_and_its_status() {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
-        let script = "echo out; echo err >&2; exit 3";
-        let out = plan.output(cmd!(sh, "sh -c {script}"), Mode::Detached).unwrap().unwrap();
+        let out = plan
+            .output(Cmd::of("sh -c").arg("echo out; echo err >&2; exit 3"), Mode::Detached)
+            .unwrap()
+            .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        assert!(Plan::new(&sh, true).output(cmd!(sh, "false"), Mode::Live).unwrap().is_none());
+        assert!(Plan::new(&sh, true).output(Cmd::of("false"), Mode::Live).unwrap().is_none());
     }
 
     #[test]
     fn a_failing_step_names_the_command() {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
-        let err = plan.run(cmd!(sh, "false")).unwrap_err();
+        let err = plan.run(Cmd::of("false")).unwrap_err();
         assert!(format!("{err:#}").contains("`false`"), "{err:#}");
-        assert!(!plan.check(cmd!(sh, "false")).unwrap());
-        assert!(plan.check(cmd!(sh, "true")).unwrap());
+        assert!(!plan.check(Cmd::of("false")).unwrap());
+        assert!(plan.check(Cmd::of("true")).unwrap());
     }
 }

@@ -52,3 +52,28 @@ fn is_workspace_root(dir: &Path) -> bool {
         .map(|text| text.contains("[workspace.metadata.lattice]"))
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A project with every SSH and registry setting, distinctive fake secrets and `extra`.
+    pub(crate) fn fake_project(extra: &[(&str, &str)]) -> Project {
+        let mut pairs = vec![
+            ("SSH_HOST", "203.0.113.7"),
+            ("SSH_PORT", "2222"),
+            ("SSH_USER", "deploy"),
+            ("SSH_PRIVATE_KEY", "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-key-material\n-----END"),
+            ("SSH_KNOWN_HOSTS", "[203.0.113.7]:2222 ssh-ed25519 AAAA"),
+            ("REGISTRY_USER", "bot"),
+            ("REGISTRY_PASSWORD", "registry-secret-pw"),
+            ("DISCORD_TOKEN", "discord-secret-token"),
+        ];
+        pairs.extend_from_slice(extra);
+        let mut env = Env::from_pairs([]);
+        for (k, v) in pairs {
+            env = env.with(k, v);
+        }
+        Project { root: root().unwrap(), env, settings: Settings::default() }
+    }
+}

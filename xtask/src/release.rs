@@ -10,14 +10,12 @@
 //!     build, so a missing secret fails in a second, not after the build.
 
 use anyhow::{bail, Result};
-use xshell::cmd;
 
 use crate::{
-    deploy::{deploy, Sha},
-    flags,
-    plan::Plan,
+    flags::{self, ImageAction, ImageOpts},
+    plan::{Cmd, Plan},
     project::Project,
-    server::Target,
+    remote::Target,
 };
 
 impl flags::Release {
@@ -27,16 +25,11 @@ impl flags::Release {
         if !problems.is_empty() && !plan.is_dry_run() {
             bail!("cannot deploy after the build:\n  - {}", problems.join("\n  - "));
         }
-        let image = crate::image::push(plan, project, self.allow_dirty)?;
-        let sha = if plan.is_dry_run() {
-            // The dry run's plan has placeholders for what it did not run; reading HEAD changes
-            // nothing, and the deploy plan is only worth reading with the real sha.
-            let sh = plan.sh();
-            cmd!(sh, "git rev-parse HEAD").quiet().read()?
-        } else {
-            image.sha
-        };
-        let sha = Sha::parse(&sha)?;
-        deploy(plan, project, sha.as_str(), self.lock_wait)
+        // The two tasks as CI runs them, one after the other: `image push`, then `deploy` of the
+        // commit it pushed (HEAD: a dirty tree is refused, or built as HEAD with --allow-dirty).
+        let push = ImageOpts { allow_dirty: self.allow_dirty };
+        flags::Image { action: ImageAction::Push(push) }.run(plan, project)?;
+        let sha = plan.read_fact(Cmd::of("git rev-parse HEAD"))?;
+        flags::Deploy { sha, lock_wait: self.lock_wait }.run(plan, project)
     }
 }

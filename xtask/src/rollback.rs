@@ -18,12 +18,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    deploy::{current, switch_to, Sha},
     flags,
-    history::{self, Action},
-    plan::Plan,
+    plan::{Cmd, Plan},
     project::Project,
-    server::{shell_quote, who, Layout, Server, HISTORY},
+    remote::{history, who, Action, Server, Sha, Switch},
 };
 
 pub const LABEL_HEAD: &str = "lattice.schema.head";
@@ -38,22 +36,17 @@ impl flags::Rollback {
                 problems.push(format!("{e:#}"));
             }
         }
-        let mut server = Server::prepare(plan, project, &mut problems)?;
-        if !problems.is_empty() && !plan.is_dry_run() {
-            bail!("nothing on the server was touched:\n  - {}", problems.join("\n  - "));
-        }
-        server.connect()?;
+        let server = Server::open(plan, project, problems)?;
         let holder = format!("{} rollback {}", who(&project.env), self.sha.as_deref().unwrap_or("previous"));
         let mut lock = server.lock(&holder, self.lock_wait)?;
-        let now = current(&server)?;
-        let log = server.read(&format!("cat {HISTORY} 2>/dev/null || true"))?;
-        let listed = server.read("ls -1 releases 2>/dev/null || true")?;
+        let now = server.current()?;
+        let history = server.history()?;
+        let releases = server.releases()?;
         let target = if plan.is_dry_run() {
             self.sha.clone().unwrap_or_else(|| "<previous good release>".into())
         } else {
-            let releases: Vec<&str> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            let lines = history::parse(&log);
-            pick_target(self.sha.as_deref(), now.as_deref(), &lines, &releases)?
+            let releases: Vec<&str> = releases.iter().map(String::as_str).collect();
+            pick_target(self.sha.as_deref(), now.as_deref(), &history, &releases)?
         };
         if now.as_deref() == Some(target.as_str()) {
             println!("{target} is already the current release; nothing to do");
@@ -61,17 +54,19 @@ impl flags::Rollback {
         }
         let layout = server.layout.clone();
         plan.note(&format!("roll back to {target}: its own compose files; pull only if its image is gone"));
-        let image = shell_quote(&layout.image(&target));
         server
-            .run(&format!(
-                "docker image inspect {image} >/dev/null 2>&1 || {}",
-                layout.compose(&target, &["pull", "--policy", "missing", "--quiet", "bot"])
-            ))
+            .run(
+                Cmd::of("docker image inspect")
+                    .arg(layout.image(&target))
+                    .silent()
+                    .or(layout.compose(&target, &["pull", "--policy", "missing", "--quiet", "bot"])),
+            )
             .with_context(|| format!("the image of {target} is not on the server and could not be pulled"))?;
         if let Some(now) = now.as_deref() {
-            schema_check(&server, &layout, &target, now, self.force)?;
+            schema_check(&server, &target, now, self.force)?;
         }
-        switch_to(&server, &mut lock, project, &target, now.as_deref(), Action::Rollback, started)
+        Switch::new(&project.env, &layout, &target, now.as_deref(), Action::Rollback, started)
+            .run(&server, &mut lock)
             .with_context(|| format!("rollback to {target}"))?;
         if !plan.is_dry_run() {
             println!("rolled back to {target}: healthy after {} s", started.elapsed().as_secs());
@@ -138,19 +133,20 @@ fn blocking_migrations(head: i64, compatible: &[i64], applied: &[i64]) -> Vec<i6
 
 /// Refuses a rollback whose image is older than the database schema, unless every newer applied
 /// migration is declared backward-compatible by the current image, or `force`.
-fn schema_check(server: &Server, layout: &Layout, target: &str, current: &str, force: bool) -> Result<()> {
+fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Result<()> {
+    let layout = &server.layout;
     let label = |sha: &str, name: &str| {
-        server.read(&format!(
-            "docker image inspect --format {} {}",
-            shell_quote(&format!("{{{{index .Config.Labels \"{name}\"}}}}")),
-            shell_quote(&layout.image(sha))
-        ))
+        server.read(
+            Cmd::of("docker image inspect --format")
+                .arg(format!("{{{{index .Config.Labels \"{name}\"}}}}"))
+                .arg(layout.image(sha)),
+        )
     };
     let head = label(target, LABEL_HEAD)?;
     let compatible = label(current, LABEL_COMPATIBLE)?;
     let query =
         "psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc 'select version from _sqlx_migrations where success order by version'";
-    let applied = match server.read(&layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query])) {
+    let applied = match server.read(layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query])) {
         Ok(applied) => applied,
         Err(_) if force => {
             eprintln!("warning: cannot read the database's applied migrations; rolling back without a schema check (--force)");

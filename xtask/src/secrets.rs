@@ -17,7 +17,7 @@ use crate::{
     flags,
     plan::Plan,
     project::Project,
-    server::{shell_quote, Server},
+    remote::Server,
 };
 
 impl flags::Secrets {
@@ -30,7 +30,6 @@ impl flags::Secrets {
                 missing.join(", ")
             ));
         }
-        let mut server = Server::prepare(plan, project, &mut problems)?;
         let content = match dotenv(&project.env) {
             Ok(content) => content,
             Err(e) => {
@@ -38,28 +37,8 @@ impl flags::Secrets {
                 String::new()
             }
         };
-        if !problems.is_empty() {
-            let list = problems.join("\n  - ");
-            if !plan.is_dry_run() {
-                bail!("nothing on the server was touched:\n  - {list}");
-            }
-            plan.note(&format!("would fail:\n  - {list}"));
-        }
-        server.connect()?;
-        let root = shell_quote(&server.layout.root);
-        // (Not `NR==FNR`: it is true throughout when the first file is empty.)
-        // Keep: every old line whose name is not sent (all of them without --overwrite), then the
-        // new lines for names the old file lacks (or all of them with --overwrite).
-        let merge = if self.overwrite {
-            "awk -F= 'FILENAME == \".env.incoming\" { sent[$1]=1; next } !($1 in sent)' .env.incoming .env > .env.new; cat .env.incoming >> .env.new"
-        } else {
-            "cat .env > .env.new; awk -F= 'FILENAME == \".env\" { had[$1]=1; next } !($1 in had)' .env .env.incoming >> .env.new"
-        };
-        let script = format!(
-            "umask 077 && mkdir -p {root} && cd {root} && touch .env && cat > .env.incoming && {{ {merge}; }} && \
-             chmod 600 .env.new && mv .env.new .env && rm -f .env.incoming"
-        );
-        plan.run(server_cmd(&server, &script, content))?;
+        let server = Server::open(plan, project, problems)?;
+        server.write_env(&content, self.overwrite)?;
         let names: Vec<&str> = APP_VARS
             .iter()
             .chain(OPTIONAL_APP_VARS)
@@ -76,10 +55,6 @@ impl flags::Secrets {
         }
         Ok(())
     }
-}
-
-fn server_cmd<'a>(server: &Server<'_, 'a>, script: &str, content: String) -> xshell::Cmd<'a> {
-    server.home_cmd(script).stdin(content)
 }
 
 /// The `.env` text for the server: `NAME=value` lines in a form both Compose and a shell read
@@ -128,7 +103,7 @@ mod tests {
     fn secrets_travel_on_stdin_never_in_the_plan() {
         let sh = xshell::Shell::new().unwrap();
         let plan = Plan::new(&sh, true);
-        let mut project = crate::deploy::tests::fake_project(&[]);
+        let mut project = crate::project::tests::fake_project(&[]);
         for name in APP_VARS {
             project.env = project.env.clone().with(name, &format!("value-of-{name}"));
         }

@@ -9,32 +9,26 @@
 //!     container, the last N lines of `deploys.log`, and who holds the deploy lock, if anyone.
 //!     Reads only; takes no lock.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::{
-    deploy::current,
-    flags, history,
+    flags,
     plan::Plan,
     project::Project,
-    server::{Server, HISTORY},
+    remote::{history, Server},
 };
 
 impl flags::Status {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
-        let mut problems = Vec::new();
-        let mut server = Server::prepare(plan, project, &mut problems)?;
-        if !problems.is_empty() && !plan.is_dry_run() {
-            bail!("{}", problems.join("\n"));
-        }
-        server.connect()?;
-        let now = current(&server)?;
-        let log = server.read(&format!("cat {HISTORY} 2>/dev/null || true"))?;
+        let server = Server::open(plan, project, Vec::new())?;
+        let now = server.current()?;
+        let lines = server.history()?;
         let holder = server.lock_holder()?;
         let (digest, health) = match &now {
             Some(sha) => {
                 let layout = &server.layout;
-                let digest = server.read(&layout.digest(sha))?;
-                let health = server.read(&layout.compose(
+                let digest = server.read(layout.digest(sha))?;
+                let health = server.read(layout.compose(
                     sha,
                     &["ps", "--all", "--format", "{{.Service}}\t{{.State}}\t{{.Health}}\t{{.Image}}"],
                 ))?;
@@ -45,7 +39,6 @@ impl flags::Status {
         if plan.is_dry_run() {
             return Ok(());
         }
-        let lines = history::parse(&log);
         let Some(sha) = now else {
             println!("current:  nothing deployed yet on {}@{}", server.target.user, server.target.host);
             print_history(&lines, self.history);

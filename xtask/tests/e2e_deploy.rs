@@ -3,29 +3,37 @@
 //! group), the real bot image built from a clone of this repository, real Compose v2 and Postgres.
 //! The xtask gets the server exactly as CI secrets give it: `SSH_*` variables holding key contents.
 //!
-//! Flow: commit A built and pushed (`image push`, as CI's build job), its local tags removed so the
-//! server must pull it, then `deploy --sha A` (CI's deploy job) → healthy, migrated, `status` says A;
-//! commit B (adds a migration) with `release` → healthy; `rollback` → A serves again;
-//! `rollback --sha B` → B; the history lists the four. Then deploy safety: a held lock, a failing
-//! migration (C), an unhealthy release switched back (D), a rollback refused below the database's
-//! schema (E) and allowed with --force (allowed without it when the newer migrations are declared
-//! backward-compatible, A below B); `--lock-wait` waiting for a holder and giving up naming it;
-//! bad input (malformed sha, no image, unknown rollback sha, missing variables, unreachable host,
-//! wrong host key, broken overlay), each refused with the server unchanged; a deploy killed
-//! (SIGKILL of its process group) after pull, during migrate, during switch and during the health
-//! wait, each leaving one consistent release running and the lock free, and each completed by
-//! running the same deploy again. Releases past E are E's image retagged: no further builds.
-//! Every byte of output, the containers' logs and the server's files (but `.env`) are scanned for
-//! the secret values.
+//! A runner of its own (`harness = false`): the expensive fixture — sshd, the registry, the clone,
+//! commit A's image built and pushed (as CI's build job) and the Discord stand-in — is set up once,
+//! then every scenario below runs in order on that one server and is reported on its own, so one
+//! failure does not hide the others. Scenarios build on each other as a server's life does (A is
+//! deployed, then B released, …): a scenario that needs what an earlier one failed to leave fails
+//! too, naming it. Filters work as with libtest: `cargo test --test e2e_deploy -- NAME` runs the
+//! scenarios whose name contains NAME, `--skip NAME` leaves them out.
+//!
+//! Flow: `deploy --sha A` (CI's deploy job) → healthy, migrated, `status` says A; commit B (adds a
+//! migration) with `release` → healthy; `rollback` → A serves again; `rollback --sha B` → B; the
+//! history lists the four. Then deploy safety: a held lock, a failing migration (C), an unhealthy
+//! release switched back (D), a rollback refused below the database's schema (E) and allowed with
+//! --force (allowed without it when the newer migrations are declared backward-compatible, A below
+//! B); `--lock-wait` waiting for a holder and giving up naming it; bad input (malformed sha, no
+//! image, unknown rollback sha, missing variables, unreachable host, wrong host key, broken
+//! overlay), each refused with the server unchanged; a deploy killed (SIGKILL of its process group)
+//! after pull, during migrate, during switch and during the health wait, each leaving one
+//! consistent release running and the lock free, and each completed by running the same deploy
+//! again. Releases past E are E's image retagged: no further builds. Last, every byte of output,
+//! the containers' logs and the server's files (but `.env`) are scanned for the secret values.
 //!
 //! Needs root (it creates the server's ssh user), `openssh-server` and `docker-registry`.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
+    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitCode, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -141,6 +149,8 @@ struct Harness {
     /// Every byte the xtask printed, for the secret scan.
     transcript: String,
     private_key: String,
+    /// The commits of the scenarios so far, by name (`a`, `b`, …), and `wrong_key`.
+    facts: BTreeMap<&'static str, String>,
 }
 
 impl Harness {
@@ -165,6 +175,7 @@ impl Harness {
             env: Vec::new(),
             transcript: String::new(),
             private_key: String::new(),
+            facts: BTreeMap::new(),
         };
         h.start_sshd();
         h.start_registry();
@@ -298,7 +309,7 @@ impl Harness {
 
     /// Another deploy's lock, held the way the xtask holds it: `flock` in an ssh session that lasts
     /// as long as its stdin.
-    fn hold_lock(&self, holder: &str) -> Child {
+    fn hold_lock(&self, holder: &str) -> HeldLock {
         let d = &self.dir;
         let known_hosts = d.join("known_hosts");
         let pinned = self.env.iter().find(|(k, _)| k == "SSH_KNOWN_HOSTS").unwrap().1.clone();
@@ -323,7 +334,23 @@ impl Harness {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
             .unwrap();
         assert_eq!(line.trim(), "locked", "could not take the lock for the test");
-        child
+        HeldLock(child)
+    }
+
+    /// A fact an earlier scenario left (a commit's sha), or a failure naming what is missing.
+    fn fact(&self, name: &str) -> String {
+        self.facts.get(name).cloned().unwrap_or_else(|| {
+            panic!("an earlier scenario did not leave {name:?} (it failed or was filtered out)")
+        })
+    }
+
+    /// The highest migration version in the clone's bot/migrations.
+    fn schema_head(&self) -> u32 {
+        std::fs::read_dir(self.clone.join("bot/migrations"))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_string_lossy().split('_').next()?.parse::<u32>().ok())
+            .max()
+            .unwrap()
     }
 
     fn history(&self) -> Vec<(String, String, String)> {
@@ -393,21 +420,8 @@ impl Harness {
     fn xtask_killed_at(&mut self, args: &[&str], step: &str) -> String {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        cmd.args(args)
-            .current_dir(&self.clone)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for name in ["REGISTRY_USER", "REGISTRY_PASSWORD", "GITHUB_ACTIONS", "SSH_PORT"] {
-            cmd.env_remove(name);
-        }
-        cmd.env("LATTICE_IMAGE", &self.image)
-            .env("LATTICE_DEPLOY_PATH", &self.deploy_path)
-            .env("LATTICE_COMPOSE_PROJECT", &self.project)
-            .env("LATTICE_TEST_PAUSE_AT", step)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .process_group(0);
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("LATTICE_TEST_PAUSE_AT", step).process_group(0);
         let mut child = cmd.spawn().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let readers: Vec<_> = [
@@ -559,12 +573,27 @@ fn free_port() -> u16 {
     TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
+/// Another deploy's lock (see [`Harness::hold_lock`]): released, by closing its session's stdin,
+/// when dropped — also when a scenario fails half-way, so the next one finds the lock free.
+struct HeldLock(Child);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+fn entry(action: &str, sha: &str, result: &str) -> (String, String, String) {
+    (action.to_string(), sha.to_string(), result.to_string())
+}
+
+/// The fixture every scenario shares: sshd, the registry, the clone, and commit A's image built
+/// and pushed as CI's build job does — its local tags then removed, so the server must pull it —
+/// with the Discord stand-in running from the same image.
+fn fixture() -> Harness {
     let mut h = Harness::start();
     let sha_a = h.git(&["rev-parse", "HEAD"]);
-
-    // A: CI's build job, then the local tags are removed so the server must pull from the registry.
     let pushed = h.xtask_ok(&["image", "push"]);
     assert!(pushed.contains(&sha_a), "{pushed}");
     let image_a = format!("{}:{sha_a}", h.image);
@@ -586,21 +615,32 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         &format!("0.0.0.0:{}", discord.rsplit(':').next().unwrap()),
     ]));
     h.app_env(&discord);
+    let wrong_key = std::fs::read_to_string(h.dir.join("client_key.pub")).unwrap();
+    let wrong_key: Vec<&str> = wrong_key.split_whitespace().take(2).collect();
+    h.facts.insert("wrong_key", format!("[127.0.0.1]:{SSH_PORT} {}", wrong_key.join(" ")));
+    h.facts.insert("a", sha_a);
+    h
+}
 
-    // Bad input is refused before the server changes, with what to do.
+/// Bad input is refused before the server changes, with what to do.
+fn e2e_an_unknown_commit_is_refused_before_the_server_is_touched(h: &mut Harness) {
     let out = h.xtask(&["deploy", "--sha", &"0".repeat(40)]);
     let text = show(&out);
     assert!(!out.status.success() && text.contains("not a commit of this repository"), "{text}");
     assert!(text.contains("nothing on the server was touched"), "{text}");
     assert!(!h.home.join(&h.deploy_path).join("releases").exists(), "a refused deploy touched the server");
+}
 
-    // A fresh server: only Docker and an ssh user. `secrets` writes its .env.
+/// A fresh server: only Docker and an ssh user. `secrets` writes its .env.
+fn e2e_secrets_writes_an_owner_only_env_on_a_fresh_server(h: &mut Harness) {
     h.xtask_ok(&["secrets"]);
     let env_file = h.home.join(&h.deploy_path).join(".env");
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the server's .env must be owner-only");
+}
 
-    let dry = h.xtask_ok(&["--dry-run", "deploy", "--sha", &sha_a]);
+fn e2e_the_dry_run_prints_every_step(h: &mut Harness) {
+    let dry = h.xtask_ok(&["--dry-run", "deploy", "--sha", &h.fact("a")]);
     for step in [
         "manifest inspect",
         "flock",
@@ -612,12 +652,12 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     ] {
         assert!(dry.contains(step), "the dry-run plan lacks {step:?}:\n{dry}");
     }
+}
 
-    // A wrong host key and an unreachable host are refused, saying what to check.
-    let wrong_key = std::fs::read_to_string(h.dir.join("client_key.pub")).unwrap();
-    let wrong_key: Vec<&str> = wrong_key.split_whitespace().take(2).collect();
-    let wrong = format!("[127.0.0.1]:{SSH_PORT} {}", wrong_key.join(" "));
-    let out = h.xtask_with(&["deploy", "--sha", &sha_a], &[("SSH_KNOWN_HOSTS", &wrong)]);
+/// A wrong host key and an unreachable host are refused, saying what to check.
+fn e2e_a_wrong_host_key_and_an_unreachable_host_are_refused(h: &mut Harness) {
+    let wrong = h.fact("wrong_key");
+    let out = h.xtask_with(&["deploy", "--sha", &h.fact("a")], &[("SSH_KNOWN_HOSTS", &wrong)]);
     let text = show(&out);
     assert!(!out.status.success() && text.contains("Host key verification failed"), "{text}");
     assert!(text.contains("SSH_KNOWN_HOSTS does not hold this server's key"), "{text}");
@@ -625,17 +665,15 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     let text = show(&out);
     assert!(!out.status.success() && text.contains("cannot reach"), "{text}");
     assert!(!h.home.join(&h.deploy_path).join("releases").exists(), "a refused deploy touched the server");
+}
 
+/// CI's deploy job: the server pulls A, migrates, serves it; production containers as they should be.
+fn e2e_deploy_pulls_migrates_and_serves(h: &mut Harness) {
+    let sha_a = h.fact("a");
     let deployed = h.xtask_ok(&["deploy", "--sha", &sha_a]);
     assert!(deployed.contains("Pulled"), "the server did not pull A from the registry:\n{deployed}");
     h.assert_serving(&sha_a);
-    let migrations = h.clone.join("bot/migrations");
-    let head_a = std::fs::read_dir(&migrations)
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_string_lossy().split('_').next()?.parse::<u32>().ok())
-        .max()
-        .unwrap();
-    assert_eq!(h.applied_schema_head(), head_a.to_string(), "A's migrations are applied");
+    assert_eq!(h.applied_schema_head(), h.schema_head().to_string(), "A's migrations are applied");
     let status = h.xtask_ok(&["status"]);
     assert!(status.contains(&format!("current:  {sha_a}")), "{status}");
     assert!(status.contains("bot") && status.contains("healthy"), "{status}");
@@ -648,10 +686,12 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     assert_eq!(h.inspect(&bot, "{{range .Mounts}}{{if eq .Type \"bind\"}}{{.Source}} {{end}}{{end}}"), "");
     let postgres = h.container("postgres");
     assert_eq!(h.inspect(&postgres, "{{range $p, $b := .HostConfig.PortBindings}}{{$p}} {{end}}"), "");
+}
 
-    // B: a commit that adds a (backward-compatible) migration, shipped with `release`.
-    let head_b = head_a + 1;
-    let migration = migrations.join(format!("{head_b:04}_e2e_release_b.sql"));
+/// B: a commit that adds a (backward-compatible) migration, shipped with `release`.
+fn e2e_release_builds_pushes_and_deploys_head(h: &mut Harness) {
+    let head_b = h.schema_head() + 1;
+    let migration = h.clone.join("bot/migrations").join(format!("{head_b:04}_e2e_release_b.sql"));
     let mut file = std::fs::File::create(&migration).unwrap();
     writeln!(file, "-- lattice: backward-compatible\n-- Added by release B of the deploy end-to-end test.\ncreate table e2e_release_b (id bigint primary key);").unwrap();
     h.git(&["add", "bot/migrations"]);
@@ -660,9 +700,15 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     h.xtask_ok(&["release"]);
     h.assert_serving(&sha_b);
     assert_eq!(h.applied_schema_head(), head_b.to_string(), "B's migration is applied");
+    h.facts.insert("b", sha_b);
+}
 
-    // Rollback without a sha: the previous good release, A, with its own files; no pull, no build.
-    // B's migration is declared backward-compatible, so going back below it is allowed, saying why.
+/// Rollback without a sha: the previous good release, A, with its own files; no pull, no build.
+/// B's migration is declared backward-compatible, so going back below it is allowed, saying why.
+fn e2e_rollback_goes_to_the_previous_good_release_or_the_one_named(h: &mut Harness) {
+    let (sha_a, sha_b) = (h.fact("a"), h.fact("b"));
+    let head_b = h.schema_head();
+    let head_a = head_b - 1;
     let rolled = h.xtask_ok(&["rollback"]);
     assert!(!rolled.contains("Pulled"), "rollback pulled although the image was on the server:\n{rolled}");
     assert!(
@@ -673,8 +719,6 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     h.xtask_ok(&["rollback", "--sha", &sha_b]);
     h.assert_serving(&sha_b);
 
-    let entry =
-        |action: &str, sha: &str, result: &str| (action.to_string(), sha.to_string(), result.to_string());
     assert_eq!(
         h.history(),
         vec![
@@ -688,24 +732,28 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     );
     let status = h.xtask_ok(&["status"]);
     assert_eq!(status.matches(" ok ").count(), 4, "status lists the four history entries:\n{status}");
+}
 
-    // Deploy safety. A second deploy fails at once and names the holder; the lock dies with the
-    // holder's session.
-    let mut other = h.hold_lock("ann@laptop deploy 1234567");
-    let out = h.xtask(&["rollback", "--sha", &sha_a]);
+/// A second deploy fails at once and names the holder; the lock dies with the holder's session.
+fn e2e_a_held_lock_refuses_a_second_deploy_and_dies_with_its_session(h: &mut Harness) {
+    let other = h.hold_lock("ann@laptop deploy 1234567");
+    let out = h.xtask(&["rollback", "--sha", &h.fact("a")]);
     let text = show(&out);
     assert!(!out.status.success(), "a deploy ran although another held the lock:\n{text}");
     assert!(text.contains("locked by another deploy: ann@laptop deploy 1234567 since"), "{text}");
     let status = h.xtask_ok(&["status"]);
     assert!(status.contains("lock:     ann@laptop deploy 1234567"), "{status}");
-    drop(other.stdin.take());
-    other.wait().unwrap();
+    drop(other);
     let status = h.xtask_ok(&["status"]);
     assert!(status.contains("lock:     free"), "the lock outlived its session:\n{status}");
-    h.assert_serving(&sha_b);
+    h.assert_serving(&h.fact("b"));
+}
 
-    // A failing migration: nothing is switched, B keeps serving, the migration's error is shown.
-    let broken = migrations.join(format!("{:04}_e2e_broken.sql", head_b + 1));
+/// A failing migration: nothing is switched, B keeps serving, the migration's error is shown.
+fn e2e_a_failing_migration_switches_nothing(h: &mut Harness) {
+    let sha_b = h.fact("b");
+    let head_b = h.schema_head();
+    let broken = h.clone.join("bot/migrations").join(format!("{:04}_e2e_broken.sql", head_b + 1));
     std::fs::write(&broken, "select * from e2e_no_such_table;\n").unwrap();
     h.git(&["add", "bot/migrations"]);
     h.git(&["commit", "--quiet", "-m", "C: a migration that fails"]);
@@ -720,9 +768,12 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         !h.history().iter().any(|(_, sha, _)| *sha == sha_c),
         "a release that never switched is in the history"
     );
+}
 
-    // An unhealthy release: switched back to B automatically, both recorded, the command fails
-    // showing the new container's last log lines.
+/// An unhealthy release: switched back to B automatically, both recorded, the command fails
+/// showing the new container's last log lines.
+fn e2e_an_unhealthy_release_is_switched_back(h: &mut Harness) {
+    let sha_b = h.fact("b");
     h.git(&["reset", "--quiet", "--hard", &sha_b]);
     let dockerfile = h.clone.join("bot/Dockerfile");
     let text = std::fs::read_to_string(&dockerfile).unwrap();
@@ -745,13 +796,16 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         "history:\n{}",
         h.server_file("deploys.log")
     );
+}
 
-    // Schema-aware rollback: once a migration that is not declared backward-compatible is
-    // applied, going back to an image that predates it is refused, unless --force.
+/// Schema-aware rollback: once a migration that is not declared backward-compatible is applied,
+/// going back to an image that predates it is refused, unless --force.
+fn e2e_a_rollback_below_the_schema_is_refused_unless_forced(h: &mut Harness) {
+    let sha_b = h.fact("b");
     h.git(&["reset", "--quiet", "--hard", &sha_b]);
-    let head_e = head_b + 1;
+    let head_e = h.schema_head() + 1;
     std::fs::write(
-        migrations.join(format!("{head_e:04}_e2e_release_e.sql")),
+        h.clone.join("bot/migrations").join(format!("{head_e:04}_e2e_release_e.sql")),
         "create table e2e_release_e (id bigint primary key);\n",
     )
     .unwrap();
@@ -760,6 +814,7 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     let sha_e = h.git(&["rev-parse", "HEAD"]);
     h.xtask_ok(&["release"]);
     h.assert_serving(&sha_e);
+    h.facts.insert("e", sha_e.clone());
     let out = h.xtask(&["rollback", "--sha", &sha_b]);
     let text = show(&out);
     assert!(!out.status.success(), "rolled back below the database's schema:\n{text}");
@@ -772,10 +827,13 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     let forced = h.xtask_ok(&["rollback", "--sha", &sha_b, "--force"]);
     assert!(forced.contains(&format!("WARNING (--force): rolling back to {sha_b}")), "{forced}");
     h.assert_serving(&sha_b);
+}
 
-    // --lock-wait: a deploy waits for the holder, then proceeds; with a shorter bound it gives up
-    // naming the holder.
-    let mut other = h.hold_lock("bob@ci deploy 7654321");
+/// --lock-wait: a deploy waits for the holder, then proceeds; with a shorter bound it gives up
+/// naming the holder.
+fn e2e_lock_wait_waits_for_the_holder_or_gives_up_naming_it(h: &mut Harness) {
+    let (sha_b, sha_e) = (h.fact("b"), h.fact("e"));
+    let other = h.hold_lock("bob@ci deploy 7654321");
     let text = h.refused(
         &["deploy", "--sha", &sha_e, "--lock-wait", "2"],
         &[],
@@ -790,14 +848,16 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     h.assert_serving(&sha_b);
-    drop(other.stdin.take());
-    other.wait().unwrap();
+    drop(other);
     let out = waiter.wait_with_output().unwrap();
     h.transcript.push_str(&format!("$ cargo xtask deploy --sha {sha_e} --lock-wait 120\n{}\n", show(&out)));
     assert!(out.status.success(), "the waiting deploy did not proceed:\n{}", show(&out));
     h.assert_serving(&sha_e);
+}
 
-    // Bad input: each refused before the server changes, saying what to do.
+/// Bad input: each refused before the server changes, saying what to do.
+fn e2e_bad_input_is_refused_with_the_server_unchanged(h: &mut Harness) {
+    let sha_e = h.fact("e");
     h.refused(
         &["deploy", "--sha", "xyz-not-hex"],
         &[],
@@ -822,7 +882,7 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     );
     h.refused(
         &["deploy", "--sha", &sha_e],
-        &[("SSH_KNOWN_HOSTS", &wrong)],
+        &[("SSH_KNOWN_HOSTS", &h.fact("wrong_key"))],
         "SSH_KNOWN_HOSTS does not hold this server's key",
     );
     let prod = h.clone.join("compose/prod.yml");
@@ -834,53 +894,67 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
     std::fs::write(&prod, &good_prod).unwrap();
     h.git(&["commit", "--quiet", "-am", "back to a valid prod overlay"]);
     h.assert_serving(&sha_e);
+}
 
-    // Interrupted deploys: the xtask (and its ssh clients) killed at each step boundary. The
-    // server is left running exactly one consistent release, and the same deploy then completes.
+/// Interrupted deploys: the xtask (and its ssh clients) killed at `step`. The server is left
+/// running exactly one consistent release, and the same deploy then completes. The release is E's
+/// image retagged: no build.
+fn killed_at(h: &mut Harness, step: &str) {
     let base = format!("lattice-e2e-base:{}", std::process::id());
-    run(Command::new("docker").args(["tag", &format!("{}:{sha_e}", h.image), &base]));
-    for step in ["pulled", "migrate", "switch", "health"] {
-        let before = h.assert_consistent();
-        let sha = h.retagged_release(&base, &format!("F: interrupted at {step}"));
-        h.xtask_killed_at(&["deploy", "--sha", &sha], step);
-        h.wait_for_free_lock();
-        let now = h.assert_consistent();
-        let history = h.history();
-        if step == "pulled" || step == "migrate" {
-            assert_eq!(now, before, "killed before the switch, yet current moved");
-            assert!(
-                !history.iter().any(|(_, s, _)| *s == sha),
-                "a release that never switched is in the history"
-            );
-            // The lock died with the killed deploy.
-            let status = h.xtask_ok(&["status"]);
-            assert!(status.contains("lock:     free"), "a killed deploy left the lock held:\n{status}");
-        } else {
-            // The switch runs detached on the server: it finished and recorded itself.
-            assert_eq!(
-                now,
-                sha,
-                "the detached switch did not complete; its log:\n{}",
-                h.server_file(".switch.log")
-            );
-            assert_eq!(
-                history.last().unwrap(),
-                &entry("deploy", &sha, "ok"),
-                "history:\n{}",
-                h.server_file("deploys.log")
-            );
-        }
-        h.xtask_ok(&["deploy", "--sha", &sha, "--lock-wait", "120"]);
-        h.assert_serving(&sha);
-        h.assert_consistent();
+    run(Command::new("docker").args(["tag", &format!("{}:{}", h.image, h.fact("e")), &base]));
+    let before = h.assert_consistent();
+    let sha = h.retagged_release(&base, &format!("F: interrupted at {step}"));
+    h.xtask_killed_at(&["deploy", "--sha", &sha], step);
+    h.wait_for_free_lock();
+    let now = h.assert_consistent();
+    let history = h.history();
+    if step == "pulled" || step == "migrate" {
+        assert_eq!(now, before, "killed before the switch, yet current moved");
+        assert!(
+            !history.iter().any(|(_, s, _)| *s == sha),
+            "a release that never switched is in the history"
+        );
+        // The lock died with the killed deploy.
+        let status = h.xtask_ok(&["status"]);
+        assert!(status.contains("lock:     free"), "a killed deploy left the lock held:\n{status}");
+    } else {
+        // The switch runs detached on the server: it finished and recorded itself.
+        assert_eq!(
+            now,
+            sha,
+            "the detached switch did not complete; its log:\n{}",
+            h.server_file(".switch.log")
+        );
+        assert_eq!(
+            history.last().unwrap(),
+            &entry("deploy", &sha, "ok"),
+            "history:\n{}",
+            h.server_file("deploys.log")
+        );
     }
+    h.xtask_ok(&["deploy", "--sha", &sha, "--lock-wait", "120"]);
+    h.assert_serving(&sha);
+    h.assert_consistent();
+}
 
-    // LATTICE_E2E_TRANSCRIPT=<file> keeps every command and its output, to read what users see.
-    if let Ok(path) = std::env::var("LATTICE_E2E_TRANSCRIPT") {
-        std::fs::write(path, &h.transcript).unwrap();
-    }
+fn e2e_a_deploy_killed_after_pull_switches_nothing_and_completes_on_rerun(h: &mut Harness) {
+    killed_at(h, "pulled");
+}
 
-    // The secret scan: every byte the xtask printed, the containers' logs, the server's files.
+fn e2e_a_deploy_killed_during_migrate_switches_nothing_and_completes_on_rerun(h: &mut Harness) {
+    killed_at(h, "migrate");
+}
+
+fn e2e_a_deploy_killed_during_the_switch_still_switches_and_records(h: &mut Harness) {
+    killed_at(h, "switch");
+}
+
+fn e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records(h: &mut Harness) {
+    killed_at(h, "health");
+}
+
+/// The secret scan: every byte the xtask printed, the containers' logs, the server's files.
+fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
     let mut haystack = h.transcript.clone();
     for service in ["bot", "postgres"] {
         let out = run(Command::new("docker").args(["logs", &h.container(service)]));
@@ -903,4 +977,117 @@ fn e2e_release_rollback_and_history_over_ssh_to_a_real_registry() {
             "the value of {name} leaked into the output, logs or server files"
         );
     }
+}
+
+type Scenario = (&'static str, fn(&mut Harness));
+
+/// A scenario by its function's name.
+macro_rules! scenario {
+    ($f:ident) => {
+        (stringify!($f), $f as fn(&mut Harness))
+    };
+}
+
+/// In order: each scenario finds the server as the ones before left it.
+const SCENARIOS: &[Scenario] = &[
+    scenario!(e2e_an_unknown_commit_is_refused_before_the_server_is_touched),
+    scenario!(e2e_secrets_writes_an_owner_only_env_on_a_fresh_server),
+    scenario!(e2e_the_dry_run_prints_every_step),
+    scenario!(e2e_a_wrong_host_key_and_an_unreachable_host_are_refused),
+    scenario!(e2e_deploy_pulls_migrates_and_serves),
+    scenario!(e2e_release_builds_pushes_and_deploys_head),
+    scenario!(e2e_rollback_goes_to_the_previous_good_release_or_the_one_named),
+    scenario!(e2e_a_held_lock_refuses_a_second_deploy_and_dies_with_its_session),
+    scenario!(e2e_a_failing_migration_switches_nothing),
+    scenario!(e2e_an_unhealthy_release_is_switched_back),
+    scenario!(e2e_a_rollback_below_the_schema_is_refused_unless_forced),
+    scenario!(e2e_lock_wait_waits_for_the_holder_or_gives_up_naming_it),
+    scenario!(e2e_bad_input_is_refused_with_the_server_unchanged),
+    scenario!(e2e_a_deploy_killed_after_pull_switches_nothing_and_completes_on_rerun),
+    scenario!(e2e_a_deploy_killed_during_migrate_switches_nothing_and_completes_on_rerun),
+    scenario!(e2e_a_deploy_killed_during_the_switch_still_switches_and_records),
+    scenario!(e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records),
+    scenario!(e2e_no_secret_in_the_output_the_logs_or_the_servers_files),
+];
+
+/// libtest's filters: positional NAMEs select by substring, `--skip NAME` leaves out; the other
+/// flags cargo passes are accepted and ignored.
+fn selected(args: &[String]) -> Vec<Scenario> {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--skip" => skips.extend(args.next().cloned()),
+            flag if flag.starts_with('-') => {}
+            name => filters.push(name.to_string()),
+        }
+    }
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| !skips.iter().any(|s| name.contains(s.as_str())))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in SCENARIOS {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let scenarios = selected(&args);
+    println!("\nrunning {} scenarios over one server", scenarios.len());
+    if scenarios.is_empty() {
+        println!("\ntest result: ok. 0 passed; 0 failed; {} filtered out\n", SCENARIOS.len());
+        return ExitCode::SUCCESS;
+    }
+    let started = Instant::now();
+    let mut h = match std::panic::catch_unwind(fixture) {
+        Ok(h) => h,
+        Err(_) => {
+            println!(
+                "\nthe fixture (sshd, registry, commit A's image) could not be set up: see the panic above"
+            );
+            println!("\ntest result: FAILED. 0 passed; {} not run\n", scenarios.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("fixture ready in {:.0} s", started.elapsed().as_secs_f64());
+    let mut failed = Vec::new();
+    for (name, scenario) in &scenarios {
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&mut h)));
+        let verdict = if outcome.is_ok() { "ok" } else { "FAILED" };
+        println!("test {name} ... {verdict} ({:.0} s)", start.elapsed().as_secs_f64());
+        if outcome.is_err() {
+            failed.push(*name);
+        }
+    }
+    // LATTICE_E2E_TRANSCRIPT=<file> keeps every command and its output, to read what users see.
+    if let Ok(path) = std::env::var("LATTICE_E2E_TRANSCRIPT") {
+        std::fs::write(path, &h.transcript).unwrap();
+    }
+    drop(h);
+    let passed = scenarios.len() - failed.len();
+    if failed.is_empty() {
+        println!(
+            "\ntest result: ok. {passed} passed; 0 failed; finished in {:.0} s\n",
+            started.elapsed().as_secs_f64()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\nfailures (their panics are above):");
+    for name in &failed {
+        println!("    {name}");
+    }
+    println!(
+        "\ntest result: FAILED. {passed} passed; {} failed; finished in {:.0} s\n",
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    ExitCode::FAILURE
 }

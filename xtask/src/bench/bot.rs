@@ -4,16 +4,15 @@
 //! One bench author sends the steady streams, so those bots run with the per-user limit raised;
 //! the flood figure runs a fresh bot with the default limits, as a guild would.
 //!
-//! The bots and the stand-in are long-running children that `Plan` cannot hold: they are started
-//! with `std::process::Command` and their command lines (environment by name only) are printed.
-//! Every container and process here is removed by a guard when it goes out of scope.
+//! The bots and the stand-in are long-running children started through `Plan::start` (their
+//! environment is never printed), their output in log files. Every container and process here is
+//! removed by a guard when it goes out of scope, through the plan too.
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,10 +22,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, TempDir};
+use serde_json::Value;
+use xshell::TempDir;
 
 use super::{http, median, mib, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The stand-in's default world (`lattice-bot discord-standin` without flags).
 const GUILD_ID: &str = "100000000000000001";
@@ -53,16 +56,26 @@ const DRY_RUN_NOTE: &str = "then: docker run lattice-bench-pg-* ($POSTGRES_IMAGE
 
 // ---- the groups ----
 
-pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
+/// What both groups start from: the release bot built, a temp dir for logs, a migrated Postgres.
+/// `None` in a dry run, which says what would follow.
+fn prepare<'p, 'a>(
+    plan: &'p Plan<'a>,
+    project: &Project,
+) -> Result<Option<(PathBuf, TempDir, Postgres<'p, 'a>)>> {
     let bin = bot_binary(plan, project)?;
     if plan.is_dry_run() {
         plan.note(DRY_RUN_NOTE);
-        return Ok(());
+        return Ok(None);
     }
     let temp = plan.sh().create_temp_dir()?;
     let pg = Postgres::start(plan, project, &bin)?;
-    let discord = StandIn::start(&bin, &temp, "standin")?;
-    let bot = BotProcess::spawn(&bin, &pg, &discord, &temp, "bot", Limits::Stream)?;
+    Ok(Some((bin, temp, pg)))
+}
+
+pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
+    let Some((bin, temp, pg)) = prepare(plan, project)? else { return Ok(()) };
+    let discord = StandIn::start(plan, &bin, &temp, "standin")?;
+    let bot = BotProcess::spawn(plan, &bin, &pg, &discord, &temp, "bot", Limits::Stream)?;
     bot.wait_gateway("connected", START_DEADLINE)?;
     std::thread::sleep(Duration::from_secs(2));
     let idle = bot.process.memory().context("reading the bot's /proc status")?;
@@ -143,9 +156,9 @@ pub fn memory(plan: &Plan, project: &Project, report: &mut Report) -> Result<()>
 }
 
 /// A fresh bot with the default limits; one user sends [`FLOOD_MESSAGES`] at once, others talk.
-fn flood(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, report: &mut Report) -> Result<()> {
-    let discord = StandIn::start(bin, temp, "flood-standin")?;
-    let bot = BotProcess::spawn(bin, pg, &discord, temp, "flood-bot", Limits::Default)?;
+fn flood(plan: &Plan, bin: &Path, pg: &Postgres<'_, '_>, temp: &TempDir, report: &mut Report) -> Result<()> {
+    let discord = StandIn::start(plan, bin, temp, "flood-standin")?;
+    let bot = BotProcess::spawn(plan, bin, pg, &discord, temp, "flood-bot", Limits::Default)?;
     bot.wait_gateway("connected", START_DEADLINE)?;
     std::thread::sleep(Duration::from_secs(2));
     let idle = bot.process.memory().context("reading the bot's /proc status")?;
@@ -222,14 +235,14 @@ fn flood(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, report: &mut Re
     report.number(
         g,
         "flood_discord_429s",
-        state.get("rate_limited").as_u64().unwrap_or(0) as f64,
+        state.get("rate_limited").and_then(Value::as_u64).unwrap_or(0) as f64,
         "",
         "429s the stand-in answered during the flood",
     );
     report.number(
         g,
         "flood_max_rest_per_second",
-        state.get("max_rest_per_second").as_u64().unwrap_or(0) as f64,
+        state.get("max_rest_per_second").and_then(Value::as_u64).unwrap_or(0) as f64,
         "",
         "most REST requests the stand-in saw within one second (Discord's global limit: 50)",
     );
@@ -241,13 +254,7 @@ fn watch_count(replies: &Replies, ids: &[String]) -> usize {
 }
 
 pub fn handover(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let bin = bot_binary(plan, project)?;
-    if plan.is_dry_run() {
-        plan.note(DRY_RUN_NOTE);
-        return Ok(());
-    }
-    let temp = plan.sh().create_temp_dir()?;
-    let pg = Postgres::start(plan, project, &bin)?;
+    let Some((bin, temp, pg)) = prepare(plan, project)? else { return Ok(()) };
     for switch in [Switch::LeaderLock, Switch::KillWithStandby, Switch::KillThenStart, Switch::StopThenStart]
     {
         plan.note(&format!("handover: {}", switch.describe()));
@@ -367,16 +374,22 @@ struct SwitchRun {
     duplicated: usize,
 }
 
-fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: Switch) -> Result<SwitchRun> {
-    let sh = plan.sh();
+fn switch_over(
+    plan: &Plan,
+    bin: &Path,
+    pg: &Postgres<'_, '_>,
+    temp: &TempDir,
+    switch: Switch,
+) -> Result<SwitchRun> {
     let n = switch.name();
     // A fresh stand-in per scenario: its counts start at zero and no session of another run applies.
-    let discord = StandIn::start(bin, temp, &format!("{n}-standin"))?;
-    let mut old = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-old"), Limits::Stream)?;
+    let discord = StandIn::start(plan, bin, temp, &format!("{n}-standin"))?;
+    let mut old = BotProcess::spawn(plan, bin, pg, &discord, temp, &format!("{n}-old"), Limits::Stream)?;
     old.wait_gateway("connected", START_DEADLINE)?;
     let with_standby = matches!(switch, Switch::LeaderLock | Switch::KillWithStandby);
     let mut new = if with_standby {
-        let standby = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-standby"), Limits::Stream)?;
+        let standby =
+            BotProcess::spawn(plan, bin, pg, &discord, temp, &format!("{n}-standby"), Limits::Stream)?;
         standby.wait_gateway("standby", START_DEADLINE)?;
         Some(standby)
     } else {
@@ -391,7 +404,7 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     let signal =
         if matches!(switch, Switch::KillThenStart | Switch::KillWithStandby) { "-KILL" } else { "-TERM" };
     let switched_at = Instant::now();
-    plan.run(cmd!(sh, "kill {signal} {pid}"))?;
+    plan.run(Cmd::of("kill").arg(signal).arg(pid))?;
     let (new, old_exit) = if with_standby {
         let standby = new.take().expect("a standby");
         // Both at once: when the old leader is gone, and when the standby serves.
@@ -421,7 +434,8 @@ fn switch_over(plan: &Plan, bin: &Path, pg: &Postgres, temp: &TempDir, switch: S
     } else {
         old.process.wait_exit(Duration::from_secs(30))?;
         let old_exit = switched_at.elapsed();
-        let successor = BotProcess::spawn(bin, pg, &discord, temp, &format!("{n}-new"), Limits::Stream)?;
+        let successor =
+            BotProcess::spawn(plan, bin, pg, &discord, temp, &format!("{n}-new"), Limits::Stream)?;
         successor.wait_gateway("connected", START_DEADLINE)?;
         (successor, old_exit)
     };
@@ -472,9 +486,7 @@ fn longest_gap(instants: &[Instant]) -> Duration {
 
 /// Builds the release bot on the host (the image's binary is the same code) and returns its path.
 fn bot_binary(plan: &Plan, project: &Project) -> Result<PathBuf> {
-    let sh = plan.sh();
-    plan.run(cmd!(sh, "cargo build --release --locked -p lattice-bot"))
-        .context("building the release bot")?;
+    plan.run(Cmd::of("cargo build --release --locked -p lattice-bot")).context("building the release bot")?;
     let target =
         project.env.get("CARGO_TARGET_DIR").map_or_else(|| project.root.join("target"), PathBuf::from);
     let target = if target.is_relative() { project.root.join(target) } else { target };
@@ -493,62 +505,51 @@ fn sleep_until(at: Instant) {
 }
 
 /// A throwaway Postgres container (`$POSTGRES_IMAGE`), migrated; removed when dropped.
-struct Postgres {
+struct Postgres<'p, 'a> {
+    plan: &'p Plan<'a>,
     name: String,
     port: u16,
     password: String,
 }
 
-impl Postgres {
-    fn start(plan: &Plan, project: &Project, bin: &Path) -> Result<Postgres> {
-        let sh = plan.sh();
+impl<'p, 'a> Postgres<'p, 'a> {
+    fn start(plan: &'p Plan<'a>, project: &Project, bin: &Path) -> Result<Postgres<'p, 'a>> {
         let image = project.env.get("POSTGRES_IMAGE").unwrap_or("postgres:16-bookworm");
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let name = format!("lattice-bench-pg-{}-{}", std::process::id(), nanos % 1_000_000);
         let port = free_port()?;
-        let pg = Postgres { name: name.clone(), port, password: format!("bench-{nanos:x}") };
+        let pg = Postgres { plan, name: name.clone(), port, password: format!("bench-{nanos:x}") };
         let publish = format!("127.0.0.1:{port}:5432");
         // The password reaches docker through its environment (`-e NAME` without a value), never argv.
         plan.run(
-            cmd!(
-                sh,
-                "docker run --detach --name {name} -e POSTGRES_USER=lattice -e POSTGRES_PASSWORD -e POSTGRES_DB=lattice --publish {publish} {image}"
-            )
-            .env("POSTGRES_PASSWORD", &pg.password),
-        )
-        .with_context(|| format!("starting Postgres from {image} (set POSTGRES_IMAGE to a local image if it cannot be pulled)"))?;
-        // Over TCP: the official entrypoint's first, temporary server listens on the socket only.
-        plan.note(&format!(
-            "waiting for: docker exec {name} pg_isready -h 127.0.0.1 -U lattice (every 0.5 s)"
-        ));
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            let ready = Command::new("docker")
+            Cmd::of("docker run --detach --name")
+                .arg(&name)
                 .args([
-                    "exec",
-                    &name,
-                    "pg_isready",
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "lattice",
-                    "-d",
-                    "lattice",
+                    "-e",
+                    "POSTGRES_USER=lattice",
+                    "-e",
+                    "POSTGRES_PASSWORD",
+                    "-e",
+                    "POSTGRES_DB=lattice",
+                    "--publish",
                 ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("Postgres in {name} did not accept connections within {} s", START_DEADLINE.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(500));
+                .arg(publish)
+                .arg(image)
+                .env("POSTGRES_PASSWORD", &pg.password),
+        )
+        .with_context(|| {
+            format!(
+                "starting Postgres from {image} (set POSTGRES_IMAGE to a local image if it cannot be pulled)"
+            )
+        })?;
+        // Over TCP: the official entrypoint's first, temporary server listens on the socket only.
+        let ready = Cmd::of("docker exec")
+            .arg(&name)
+            .args("pg_isready -q -h 127.0.0.1 -U lattice -d lattice".split(' '));
+        if !plan.poll(ready, Duration::from_millis(500), START_DEADLINE)? {
+            bail!("Postgres in {name} did not accept connections within {} s", START_DEADLINE.as_secs());
         }
-        let mut migrate = cmd!(sh, "{bin} migrate");
+        let mut migrate = Cmd::new(bin).arg("migrate");
         for (key, value) in pg.env() {
             migrate = migrate.env(key, value);
         }
@@ -567,9 +568,9 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
+impl Drop for Postgres<'_, '_> {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+        self.plan.cleanup(Cmd::of("docker rm -f -v").arg(&self.name));
     }
 }
 
@@ -588,31 +589,24 @@ struct Memory {
 }
 
 impl Process {
-    /// Starts `command` with a clean environment plus `env`; prints the command line with the
-    /// variables' names only.
-    fn spawn(program: &Path, args: &[&str], env: &[(&'static str, String)], log: PathBuf) -> Result<Process> {
-        let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
-        eprintln!(
-            "$ {} {}   (env: {}; output: {})",
-            program.display(),
-            args.join(" "),
-            names.join(" "),
-            log.display()
-        );
-        let out = File::create(&log)?;
-        let mut command = Command::new(program);
-        command
+    /// Starts `program` with a clean environment plus `env` (printed by name only), its output
+    /// in `log`.
+    fn spawn(
+        plan: &Plan,
+        program: &Path,
+        args: &[&str],
+        env: &[(&'static str, String)],
+        log: PathBuf,
+    ) -> Result<Process> {
+        let mut cmd = Cmd::new(program)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
+            .env("RUST_LOG", "info");
         for (key, value) in env {
-            command.env(key, value);
+            cmd = cmd.env(key, value);
         }
-        let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
+        let child = plan.start(cmd, &log)?.context("a bench process cannot start in a dry run")?;
         Ok(Process { child, log })
     }
 
@@ -678,9 +672,10 @@ struct StandIn {
 }
 
 impl StandIn {
-    fn start(bin: &Path, temp: &TempDir, label: &str) -> Result<StandIn> {
+    fn start(plan: &Plan, bin: &Path, temp: &TempDir, label: &str) -> Result<StandIn> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let mut process = Process::spawn(
+            plan,
             bin,
             &["discord-standin", "--listen", &addr],
             &[],
@@ -704,17 +699,22 @@ impl StandIn {
         say(&self.addr, content)
     }
 
-    /// `(identifies, resumes)` so far.
     /// `(most live sessions at once, each gap with none live in ms)` so far.
     fn sessions(&self) -> Result<(u64, Vec<u64>)> {
         let state = http::get_json(&self.addr, "/control/state", Duration::from_secs(5))?;
-        let gaps = state.get("session_gaps_ms").as_array().iter().filter_map(|g| g.as_u64()).collect();
-        Ok((state.get("max_live").as_u64().unwrap_or(0), gaps))
+        let gaps = state
+            .get("session_gaps_ms")
+            .and_then(Value::as_array)
+            .map(|gaps| gaps.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        Ok((state.get("max_live").and_then(Value::as_u64).unwrap_or(0), gaps))
     }
 
+    /// `(identifies, resumes)` so far.
     fn counts(&self) -> Result<(u64, u64)> {
         let state = http::get_json(&self.addr, "/control/state", Duration::from_secs(5))?;
-        Ok((state.get("identifies").as_u64().unwrap_or(0), state.get("resumes").as_u64().unwrap_or(0)))
+        let count = |key: &str| state.get(key).and_then(Value::as_u64).unwrap_or(0);
+        Ok((count("identifies"), count("resumes")))
     }
 }
 
@@ -723,11 +723,11 @@ fn say(addr: &str, content: &str) -> Result<(String, Instant)> {
 }
 
 fn say_as(addr: &str, author: &str, content: &str) -> Result<(String, Instant)> {
-    let clean = |s: &str| s.replace(['"', '\\'], "");
-    let body = format!("{{\"content\":\"{}\",\"author\":\"{}\"}}", clean(content), clean(author));
+    let body = serde_json::json!({ "content": content, "author": author });
     let at = Instant::now();
     let answer = http::post_json(addr, "/control/messages", &body)?;
-    let id = answer.get("id").as_str().context("the stand-in answered without an id")?.to_string();
+    let id =
+        answer.get("id").and_then(Value::as_str).context("the stand-in answered without an id")?.to_string();
     Ok((id, at))
 }
 
@@ -748,8 +748,9 @@ struct BotProcess {
 
 impl BotProcess {
     fn spawn(
+        plan: &Plan,
         bin: &Path,
-        pg: &Postgres,
+        pg: &Postgres<'_, '_>,
         discord: &StandIn,
         temp: &TempDir,
         label: &str,
@@ -771,7 +772,7 @@ impl BotProcess {
             ("HTTP_PORT", port.to_string()),
             ("LATTICE_GIT_SHA", "bench".into()),
         ]);
-        let process = Process::spawn(bin, &["run"], &env, temp.path().join(format!("{label}.log")))?;
+        let process = Process::spawn(plan, bin, &["run"], &env, temp.path().join(format!("{label}.log")))?;
         Ok(BotProcess { process, http: format!("127.0.0.1:{port}") })
     }
 
@@ -779,8 +780,8 @@ impl BotProcess {
     fn gateway(&self) -> Option<String> {
         let (_, body) =
             crate::http::request(&self.http, "GET", "/health", None, Duration::from_secs(5)).ok()?;
-        let health = super::json::Json::parse(&body).ok()?;
-        health.get("gateway").as_str().map(str::to_string)
+        let health: Value = serde_json::from_str(&body).ok()?;
+        health.get("gateway")?.as_str().map(str::to_string)
     }
 
     fn wait_gateway(&self, want: &str, within: Duration) -> Result<()> {
@@ -886,15 +887,15 @@ impl ReplyWatch {
                 };
                 let now = Instant::now();
                 let mut r = shared.lock().expect("replies");
-                for posted in page.get("messages").as_array() {
-                    if posted.get("dream").as_bool() == Some(false) {
-                        if let Some(to) = posted.get("reply_to").as_str() {
+                for posted in page.get("messages").and_then(Value::as_array).into_iter().flatten() {
+                    if posted.get("dream").and_then(Value::as_bool) == Some(false) {
+                        if let Some(to) = posted.get("reply_to").and_then(Value::as_str) {
                             r.by_message.entry(to.to_string()).or_default().push(now);
                             r.arrivals.push(now);
                         }
                     }
                 }
-                after = page.get("next").as_u64().unwrap_or(after);
+                after = page.get("next").and_then(Value::as_u64).unwrap_or(after);
             }
         });
         ReplyWatch { replies, stop, thread: Some(thread) }

@@ -4,10 +4,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use xshell::cmd;
 
 use super::{median, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 const HELP_RUNS: usize = 5;
 
@@ -18,7 +20,7 @@ pub fn run(plan: &Plan, _project: &Project, report: &mut Report) -> Result<()> {
     let dir = target.path();
     plan.note(&format!("cold compile of the xtask into a fresh CARGO_TARGET_DIR={}", dir.display()));
     let start = Instant::now();
-    plan.run(cmd!(sh, "cargo build -p xtask").env("CARGO_TARGET_DIR", dir))
+    plan.run(Cmd::of("cargo build -p xtask").env("CARGO_TARGET_DIR", dir))
         .context("cold-compiling the xtask")?;
     let cold = start.elapsed();
     report.seconds(
@@ -31,7 +33,7 @@ pub fn run(plan: &Plan, _project: &Project, report: &mut Report) -> Result<()> {
     let mut runs = Vec::new();
     for _ in 0..HELP_RUNS {
         let start = Instant::now();
-        plan.read(cmd!(sh, "cargo xtask --help")).context("running cargo xtask --help")?;
+        plan.read(Cmd::of("cargo xtask --help")).context("running cargo xtask --help")?;
         runs.push(start.elapsed().as_secs_f64());
     }
     if let Some(m) = median(&runs) {

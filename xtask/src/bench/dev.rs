@@ -5,17 +5,19 @@
 //! The stack and its volumes are removed at the end, also on failure.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    process::Child,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use xshell::Shell;
 
 use super::{bot::free_port, clone_head, median, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// Timed edits: the median is reported.
 const EDITS: usize = 3;
@@ -27,8 +29,12 @@ const FIRST_START_DEADLINE: Duration = Duration::from_secs(40 * 60);
 const EDIT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
-    let (_temp, repo) = clone_head(plan, project)?;
+    let (temp, repo) = clone_head(plan, project)?;
     let exe = std::env::current_exe().context("finding the running xtask")?;
+    // The clone's own steps run in the clone.
+    let clone_sh = Shell::new()?;
+    clone_sh.change_dir(&repo);
+    let clone_plan = Plan::new(&clone_sh, plan.is_dry_run());
     let compose_project = format!("lattice-bench-{}", std::process::id());
     let env = vec![
         ("LATTICE_COMPOSE_PROJECT", compose_project.clone()),
@@ -44,11 +50,12 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
         ));
         return Ok(());
     }
-    let mut stack = BenchStack { repo, exe, env, compose_project, watcher: None };
+    let logs = temp.path().to_path_buf();
+    let mut stack = BenchStack { plan: &clone_plan, repo, logs, exe, env, compose_project, watcher: None };
 
     eprintln!("  dev: first `cargo xtask dev` of the clone (cold: many minutes)");
     let start = Instant::now();
-    let up = stack.xtask(&["dev"], None, FIRST_START_DEADLINE)?;
+    let up = stack.xtask(&["dev"], FIRST_START_DEADLINE)?;
     report.seconds(
         "dev",
         "first_start",
@@ -148,37 +155,32 @@ fn restart_figures(line: &str) -> Option<(f64, f64)> {
 }
 
 /// The clone's dev stack, brought down with its volumes when dropped.
-struct BenchStack {
+struct BenchStack<'p, 'a> {
+    /// Runs its steps in the clone.
+    plan: &'p Plan<'a>,
     repo: PathBuf,
+    /// Where the output of the xtasks it starts goes.
+    logs: PathBuf,
     exe: PathBuf,
     env: Vec<(&'static str, String)>,
     compose_project: String,
     watcher: Option<Child>,
 }
 
-impl BenchStack {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.exe);
-        command.args(args).current_dir(&self.repo);
+impl BenchStack<'_, '_> {
+    fn command(&self, args: &[&str]) -> Cmd {
         // The stand-in stack, whatever the caller's environment holds.
-        command.env_remove("DISCORD_TOKEN").env_remove("LLM_PROVIDER");
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        command
+        let mut cmd = Cmd::new(&self.exe).args(args).env_remove("DISCORD_TOKEN").env_remove("LLM_PROVIDER");
+        for (key, value) in &self.env {
+            cmd = cmd.env(key, value);
+        }
+        cmd
     }
 
     /// Runs `cargo xtask <args>` in the clone; its output, both streams, when it succeeds.
-    fn xtask(&self, args: &[&str], stdin: Option<&str>, deadline: Duration) -> Result<String> {
-        let mut command = self.command(args);
-        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child =
-            command.spawn().with_context(|| format!("starting cargo xtask {}", args.join(" ")))?;
-        if let Some(text) = stdin {
-            child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
-        }
-        let output = Lines::default();
-        output.follow(child.stdout.take().context("stdout")?);
-        output.follow(child.stderr.take().context("stderr")?);
+    fn xtask(&self, args: &[&str], deadline: Duration) -> Result<String> {
+        let log = Log(self.logs.join(format!("xtask-{}.log", args.join("-"))));
+        let mut child = self.plan.start(self.command(args), &log.0)?.context("dry run")?;
         let start = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait()? {
@@ -191,32 +193,24 @@ impl BenchStack {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        // The readers finish with the child's streams.
-        std::thread::sleep(Duration::from_millis(100));
-        let text = output.text();
+        let text = log.text();
         if !status.success() {
             bail!("cargo xtask {} failed ({status}):\n{text}", args.join(" "));
         }
         Ok(text)
     }
 
+    /// `echo <line> | cargo xtask chat`: what it printed.
     fn chat(&self, line: &str) -> Result<String> {
-        self.xtask(&["chat", "--wait", "60"], Some(&format!("{line}\n")), Duration::from_secs(120))
+        self.plan.read(self.command(&["chat", "--wait", "60"]).stdin(format!("{line}\n")))
     }
 
-    fn watch(&mut self) -> Result<Lines> {
-        let mut child = self
-            .command(&["dev", "--watch"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting cargo xtask dev --watch")?;
-        let lines = Lines::default();
-        lines.follow(child.stdout.take().context("stdout")?);
-        lines.follow(child.stderr.take().context("stderr")?);
+    /// Starts `cargo xtask dev --watch`; what it prints goes to the returned log.
+    fn watch(&mut self) -> Result<Log> {
+        let log = Log(self.logs.join("xtask-dev-watch.log"));
+        let child = self.plan.start(self.command(&["dev", "--watch"]), &log.0)?.context("dry run")?;
         self.watcher = Some(child);
-        Ok(lines)
+        Ok(log)
     }
 
     fn edit(&self, from: &str, to: &str) -> Result<()> {
@@ -230,55 +224,46 @@ impl BenchStack {
     }
 }
 
-impl Drop for BenchStack {
+impl Drop for BenchStack<'_, '_> {
     fn drop(&mut self) {
         if let Some(mut watcher) = self.watcher.take() {
             let _ = watcher.kill();
             let _ = watcher.wait();
         }
-        let _ = Command::new("docker")
-            .args(["compose", "-p", &format!("{}-dev", self.compose_project)])
-            .args(["-f", "compose/base.yml", "-f", "compose/dev.yml", "-f", "compose/standin.yml"])
-            // With the build service's profile: `down` removes only the volumes of the services it sees.
-            .args(["--profile", "build", "down", "--volumes", "--remove-orphans", "--timeout", "5"])
-            .current_dir(&self.repo)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.plan.cleanup(
+            Cmd::of("docker compose -p")
+                .arg(format!("{}-dev", self.compose_project))
+                .args(["-f", "compose/base.yml", "-f", "compose/dev.yml", "-f", "compose/standin.yml"])
+                // With the build service's profile: `down` removes only the volumes of the services it sees.
+                .args(["--profile", "build", "down", "--volumes", "--remove-orphans", "--timeout", "5"]),
+        );
     }
 }
 
-/// Lines printed by a child, both streams, as they come.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
+/// The file a started xtask writes its output (both streams) to.
+struct Log(PathBuf);
 
-impl Lines {
-    fn follow(&self, stream: impl Read + Send + 'static) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().expect("lines").push(line);
-            }
-        });
+impl Log {
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
     }
 
-    fn text(&self) -> String {
-        self.0.lock().expect("lines").join("\n")
+    fn path(&self) -> &Path {
+        &self.0
     }
 
     /// Waits until the `n`-th line containing `needle`, and returns it.
     fn wait_for(&self, needle: &str, n: usize, deadline: Duration) -> Result<String> {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.0.lock().expect("lines").iter().filter(|l| l.contains(needle)).nth(n - 1)
-            {
-                return Ok(line.clone());
+            if let Some(line) = self.text().lines().filter(|l| l.contains(needle)).nth(n - 1) {
+                return Ok(line.to_string());
             }
             if start.elapsed() > deadline {
                 bail!(
-                    "`cargo xtask dev --watch` did not print {needle:?} within {} s:\n{}",
+                    "`cargo xtask dev --watch` did not print {needle:?} within {} s (log: {}):\n{}",
                     deadline.as_secs(),
+                    self.path().display(),
                     self.text()
                 );
             }

@@ -13,10 +13,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use super::{clone_head, mib, Report};
-use crate::{plan::Plan, project::Project};
+use crate::{
+    plan::{Cmd, Plan},
+    project::Project,
+};
 
 /// The repository the bench tags its builds with.
 const BENCH_IMAGE: &str = "lattice-bench/lattice-bot";
@@ -30,16 +33,17 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     let clone_plan = Plan::new(&clone_sh, plan.is_dry_run());
     let exe = std::env::current_exe().context("finding the running xtask")?;
     // A dry run removes nothing either.
-    let mut tags = Tags { names: vec![format!("{BENCH_IMAGE}:latest")], armed: !plan.is_dry_run() };
+    // Printed, not run, in a dry run: a dry run removes nothing either.
+    let mut tags = Tags { plan, names: vec![format!("{BENCH_IMAGE}:latest")] };
 
     // 1. The committed tree, as `cargo xtask image build` builds it.
     plan.note(&format!(
         "in {}: LATTICE_IMAGE={BENCH_IMAGE} cargo xtask image build (cold cache: many minutes)",
         repo.display()
     ));
-    let sha = clone_plan.read(cmd!(clone_sh, "git rev-parse HEAD"))?;
+    let sha = clone_plan.read(Cmd::of("git rev-parse HEAD"))?;
     tags.names.push(format!("{BENCH_IMAGE}:{sha}"));
-    let Some(first) = build(&clone_plan, &clone_sh, &exe)? else {
+    let Some(first) = build(&clone_plan, &exe)? else {
         plan.note("then: docker image inspect and docker history of <image>:<sha>, a one-line commit to bot/src/main.rs in the clone, the same build again");
         return Ok(());
     };
@@ -73,13 +77,15 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
     text.push_str(&format!("// bench: one-line change {nanos}\n"));
     std::fs::write(&main_rs, text)?;
     let message = "bench: one-line change";
-    clone_plan.run(cmd!(
-        clone_sh,
-        "git -c user.name=lattice-bench -c user.email=bench@localhost commit --quiet --all --message {message}"
-    ))?;
-    let changed_sha = clone_plan.read(cmd!(clone_sh, "git rev-parse HEAD"))?;
+    clone_plan.run(
+        Cmd::of(
+            "git -c user.name=lattice-bench -c user.email=bench@localhost commit --quiet --all --message",
+        )
+        .arg(message),
+    )?;
+    let changed_sha = clone_plan.read(Cmd::of("git rev-parse HEAD"))?;
     tags.names.push(format!("{BENCH_IMAGE}:{changed_sha}"));
-    let Some(second) = build(&clone_plan, &clone_sh, &exe)? else { return Ok(()) };
+    let Some(second) = build(&clone_plan, &exe)? else { return Ok(()) };
     report.seconds(
         "image",
         "rebuild_one_line",
@@ -110,22 +116,14 @@ pub fn run(plan: &Plan, project: &Project, report: &mut Report) -> Result<()> {
 }
 
 /// Removes the bench's tags when dropped (also on failure); the layers stay as build cache.
-struct Tags {
+struct Tags<'p, 'a> {
+    plan: &'p Plan<'a>,
     names: Vec<String>,
-    armed: bool,
 }
 
-impl Drop for Tags {
+impl Drop for Tags<'_, '_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let _ = std::process::Command::new("docker")
-            .arg("rmi")
-            .args(&self.names)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        self.plan.cleanup(Cmd::of("docker rmi").args(&self.names));
     }
 }
 
@@ -136,9 +134,11 @@ struct Build {
 
 /// Runs `<exe> image build` in the clone, echoing the build's steps as progress and keeping its
 /// output. `None` in a dry run.
-fn build(plan: &Plan, sh: &Shell, exe: &Path) -> Result<Option<Build>> {
+fn build(plan: &Plan, exe: &Path) -> Result<Option<Build>> {
     let start = Instant::now();
-    let Some(mut child) = plan.spawn(cmd!(sh, "{exe} image build").env("LATTICE_IMAGE", BENCH_IMAGE))? else {
+    let Some(mut child) =
+        plan.spawn(Cmd::new(exe).args(["image", "build"]).env("LATTICE_IMAGE", BENCH_IMAGE))?
+    else {
         return Ok(None);
     };
     drop(child.stdin.take());
@@ -187,12 +187,11 @@ fn build(plan: &Plan, sh: &Shell, exe: &Path) -> Result<Option<Build>> {
 
 /// `(total, bot binary layer)` in bytes.
 fn sizes(plan: &Plan, reference: &str) -> Result<(u64, u64)> {
-    let sh = plan.sh();
     let size = "{{.Size}}";
-    let total = plan.read(cmd!(sh, "docker image inspect --format {size} {reference}"))?;
+    let total = plan.read(Cmd::of("docker image inspect --format").arg(size).arg(reference))?;
     let columns = "{{.Size}}\t{{.CreatedBy}}";
     let history =
-        plan.read(cmd!(sh, "docker history --no-trunc --human=false --format {columns} {reference}"))?;
+        plan.read(Cmd::of("docker history --no-trunc --human=false --format").arg(columns).arg(reference))?;
     if plan.is_dry_run() {
         return Ok((0, 0));
     }

@@ -1,0 +1,430 @@
+//! The production server, reached over one SSH connection (OpenSSH ControlMaster) and driven by
+//! remote steps that are data — a [`Cmd`] or a [`Line`] of them — printed before they run. Scripts
+//! that run on the server are the `.sh` files here, with positional arguments.
+//!
+//! **Architecture Invariant:** the host key is pinned from `SSH_KNOWN_HOSTS` (never
+//! `StrictHostKeyChecking=no`), the private key lives only in a 0600 file inside a 0700 temp dir
+//! that is removed once the connection stands (and with the connection on any exit that runs
+//! destructors), and secrets reach the server only through ssh stdin.
+//!
+//! A task reaches the server with [`Server::open`], which checks every setting first and refuses
+//! with all problems at once, before anything on the server is touched.
+
+pub mod history;
+mod layout;
+mod lock;
+mod switch;
+
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::TempDir;
+
+pub use self::{
+    history::{Action, Line as HistoryLine},
+    layout::{
+        Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
+    },
+    lock::Lock,
+    switch::{pause_at, Switch},
+};
+use crate::{
+    env::{Env, APP_VARS, SSH_VARS},
+    plan::{Cmd, Line, Plan},
+    project::Project,
+};
+
+/// The name the ssh config gives the server, so the printed commands stay readable.
+pub const HOST_ALIAS: &str = "lattice-server";
+
+/// Where the server is and how to reach it, from `SSH_*` variables. Problems are collected, not
+/// raised one by one, so preflight can list them all at once.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: String,
+    pub user: String,
+}
+
+impl Target {
+    pub fn from_env(env: &Env, problems: &mut Vec<String>) -> Target {
+        let missing = env.missing(SSH_VARS);
+        if !missing.is_empty() {
+            problems.push(format!(
+                "missing environment variables: {} (set them in the environment, as CI secrets, or in .env; \
+                 see .env.example)",
+                missing.join(", ")
+            ));
+        }
+        if env.get("SSH_PRIVATE_KEY").is_some() && env.get("SSH_KNOWN_HOSTS").is_none() {
+            // Said separately because the fix is not obvious.
+            problems.push(format!(
+                "SSH_KNOWN_HOSTS is empty: the server's host key must be pinned. Get it with \
+                 `ssh-keyscan -p {port} {host}`, check its fingerprint against the server's own \
+                 (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server), and store the lines as \
+                 SSH_KNOWN_HOSTS",
+                port = env.get("SSH_PORT").unwrap_or("22"),
+                host = env.get("SSH_HOST").unwrap_or("<host>"),
+            ));
+        }
+        let port = env.get("SSH_PORT").unwrap_or("22").to_string();
+        if port.parse::<u16>().is_err() {
+            problems.push(format!("SSH_PORT={port:?} is not a port number"));
+        }
+        Target {
+            host: env.get("SSH_HOST").unwrap_or("$SSH_HOST").to_string(),
+            port,
+            user: env.get("SSH_USER").unwrap_or("$SSH_USER").to_string(),
+        }
+    }
+}
+
+/// One open SSH connection to the server. Every remote step goes through [`Server::run`],
+/// [`Server::read`] and their kin, which print `ssh … '<remote line>'` via the plan.
+pub struct Server<'p, 'a> {
+    plan: &'p Plan<'a>,
+    pub layout: Layout,
+    pub target: Target,
+    options: Vec<String>,
+    /// Holds the key, known_hosts and control socket; removed on drop, on every exit path that
+    /// runs destructors (errors and panics included).
+    dir: Option<TempDir>,
+}
+
+impl<'p, 'a> Server<'p, 'a> {
+    /// The one way a task reaches the server. Adds the SSH settings' problems to `problems` (what
+    /// the task found wrong before) and refuses with all of them at once, before the server is
+    /// touched; a dry run prints them and goes on. Then opens the shared connection and proves the
+    /// host is the pinned one.
+    pub fn open(plan: &'p Plan<'a>, project: &Project, mut problems: Vec<String>) -> Result<Server<'p, 'a>> {
+        let target = Target::from_env(&project.env, &mut problems);
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| ["  - ", p].concat()).collect();
+            if !plan.is_dry_run() {
+                bail!(
+                    "preflight found {} problem(s); nothing on the server was touched:\n{}",
+                    problems.len(),
+                    list.join("\n")
+                );
+            }
+            plan.note(&["preflight would fail:\n", &list.join("\n")].concat());
+        }
+        let mut server = Server::prepare(plan, project, target)?;
+        server.connect()?;
+        Ok(server)
+    }
+
+    /// Writes the connection's files: key, pinned host key, ssh config.
+    fn prepare(plan: &'p Plan<'a>, project: &Project, target: Target) -> Result<Server<'p, 'a>> {
+        let layout = Layout::new(&project.settings);
+        let (dir, base) = if plan.is_dry_run() {
+            (None, "$TMP".to_string())
+        } else {
+            let dir = plan.sh().create_temp_dir().context("creating a temp dir for the ssh key")?;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+            let base = dir.path().display().to_string();
+            (Some(dir), base)
+        };
+        if let Some(dir) = &dir {
+            // OpenSSH rejects a key or known_hosts without its final newline; secrets stores
+            // often strip it.
+            if let Some(key) = project.env.get("SSH_PRIVATE_KEY") {
+                write_private(&dir.path().join("id"), &[key.trim_end(), "\n"].concat())?;
+            }
+            if let Some(known) = project.env.get("SSH_KNOWN_HOSTS") {
+                write_private(&dir.path().join("known_hosts"), &[known.trim_end(), "\n"].concat())?;
+            }
+        }
+        let config = ssh_config(&base, &target);
+        match &dir {
+            Some(dir) => std::fs::write(dir.path().join("config"), &config)?,
+            None => plan.note(
+                &["$TMP/config, the ssh client configuration used below:\n", config.trim_end()].concat(),
+            ),
+        }
+        let options = vec!["-F".to_string(), [base.as_str(), "/config"].concat()];
+        Ok(Server { plan, layout, target, options, dir })
+    }
+
+    /// `ssh <options> lattice-server '<remote line>'`: ssh hands the line to the server's shell,
+    /// which parses it once more — the line's words are quoted for exactly that.
+    fn ssh(&self, remote: &Line) -> Cmd {
+        Cmd::of("ssh").args(&self.options).arg(HOST_ALIAS).arg(remote.to_string())
+    }
+
+    /// A step run in the deploy directory.
+    fn in_root(&self, step: Line) -> Line {
+        Cmd::of("cd").arg(&self.layout.root).and(step)
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        self.plan.run(self.ssh(&Cmd::of("true").into())).with_context(|| {
+            format!(
+                "cannot reach {user}@{host} on port {port}: check that the host is up and SSH_HOST/SSH_PORT/SSH_USER \
+                 are right; \"Host key verification failed\" means SSH_KNOWN_HOSTS does not hold this server's key \
+                 (`ssh-keyscan -p {port} {host}`, then verify the fingerprint); \"Permission denied\" means \
+                 SSH_PRIVATE_KEY is not in the user's ~/.ssh/authorized_keys",
+                user = self.target.user,
+                port = self.target.port,
+                host = self.target.host,
+            )
+        })?;
+        // Every later step rides on the shared connection, so the key file is not needed again:
+        // removing it now means not even a `kill -9` of this process can leave it behind.
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(dir.path().join("id"));
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self) -> &'p Plan<'a> {
+        self.plan
+    }
+
+    /// Runs a step in the deploy directory, output to the terminal.
+    pub fn run(&self, step: impl Into<Line>) -> Result<()> {
+        self.plan.run(self.ssh(&self.in_root(step.into())))
+    }
+
+    /// Runs a step in the deploy directory with `input` on its stdin: how secrets and files
+    /// travel. The input is never printed.
+    pub fn run_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<()> {
+        self.plan.run(self.ssh(&self.in_root(step.into())).stdin(input))
+    }
+
+    /// Runs a step in the ssh user's home (it may come before the deploy directory exists) with
+    /// `input` on its stdin.
+    pub fn run_at_home_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<()> {
+        self.plan.run(self.ssh(&step.into()).stdin(input))
+    }
+
+    /// Runs a step in the deploy directory and returns its stdout.
+    pub fn read(&self, step: impl Into<Line>) -> Result<String> {
+        self.plan.read(self.ssh(&self.in_root(step.into())))
+    }
+
+    /// Runs a step in the ssh user's home and returns its stdout.
+    pub fn read_at_home(&self, step: impl Into<Line>) -> Result<String> {
+        self.plan.read(self.ssh(&step.into()))
+    }
+
+    /// Starts a long-lived step in the deploy directory (the lock's session).
+    fn spawn_at_home(&self, step: Line) -> Result<Option<std::process::Child>> {
+        self.plan.spawn(self.ssh(&step))
+    }
+
+    /// The sha `current` points at, if any.
+    pub fn current(&self) -> Result<Option<String>> {
+        let link = self.layout.path("current");
+        let out = self.read_at_home(Cmd::of("readlink").arg(link).without_errors().or(Cmd::of("true")))?;
+        if self.plan.is_dry_run() {
+            return Ok(Some("<current sha>".into()));
+        }
+        Ok(out.trim().strip_prefix("releases/").map(str::to_string).filter(|s| !s.is_empty()))
+    }
+
+    /// `deploys.log` as read back (empty when there is none yet).
+    pub fn history(&self) -> Result<Vec<HistoryLine>> {
+        let text = self.read(Cmd::of("cat").arg(HISTORY).without_errors().or(Cmd::of("true")))?;
+        Ok(history::parse(&text))
+    }
+
+    /// The release directories on the server, by sha.
+    pub fn releases(&self) -> Result<Vec<String>> {
+        let listed = self.read(Cmd::of("ls -1 releases").without_errors().or(Cmd::of("true")))?;
+        Ok(listed.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+    }
+
+    /// Refuses to go on when the server lacks Compose v2 or its `.env` lacks an app variable
+    /// (checked by name; values never leave the server).
+    pub fn require_app_env(&self) -> Result<()> {
+        let compose = self.read_at_home(
+            Cmd::of("docker compose version --short").without_errors().or(Cmd::of("echo none")),
+        )?;
+        if compose.trim() == "none" || compose.trim().starts_with('1') {
+            bail!(
+                "the server has no Docker Compose v2 for user {}: install it there (`apt-get install \
+                 docker-compose-plugin` from Docker's apt repository) and make sure the user is in the `docker` group",
+                self.target.user
+            );
+        }
+        let hint = "write it with `cargo xtask secrets` (from your environment or CI secrets)";
+        match self.env_names()? {
+            None => bail!("the server has no {}/.env: {hint}", self.layout.root),
+            Some(names) => {
+                let missing: Vec<&str> =
+                    APP_VARS.iter().copied().filter(|n| !names.iter().any(|m| m == n)).collect();
+                if !missing.is_empty() {
+                    bail!("the server's .env lacks {}: {hint}", missing.join(", "));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names (never values) of the variables set in the server's `.env`; `None` when it has none.
+    fn env_names(&self) -> Result<Option<Vec<String>>> {
+        let env = self.layout.path(".env");
+        let names = r"s/^\(export \)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=..*$/\2/p";
+        let out = self.read_at_home(
+            Cmd::of("test -f")
+                .arg(&env)
+                .and(Cmd::of("echo has-env"))
+                .and(Cmd::of("sed -n").arg(names).arg(&env))
+                .or(Cmd::of("true")),
+        )?;
+        if self.plan.is_dry_run() {
+            return Ok(Some(APP_VARS.iter().map(|s| s.to_string()).collect()));
+        }
+        let mut lines = out.lines();
+        if lines.next() != Some("has-env") {
+            return Ok(None);
+        }
+        Ok(Some(lines.map(str::to_string).collect()))
+    }
+
+    /// Writes the app's `.env` from `content` (sent on stdin, never printed): names already set
+    /// keep their values unless `overwrite`.
+    pub fn write_env(&self, content: &str, overwrite: bool) -> Result<()> {
+        let mode = if overwrite { "overwrite" } else { "keep" };
+        let script = Cmd::script("write_env.sh", WRITE_ENV_SH).arg(&self.layout.root).arg(mode);
+        self.run_at_home_with_input(script, content)
+    }
+}
+
+/// Writes the server's `.env` (see the script's header).
+pub const WRITE_ENV_SH: &str = include_str!("write_env.sh");
+
+impl Drop for Server<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            // Ends the shared connection now rather than after ControlPersist (nothing to end
+            // when it never opened). Not a step of the plan: it changes nothing on either side.
+            let _ = std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(dir.path().join("config"))
+                .args(["-O", "exit", HOST_ALIAS])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The ssh client configuration of one connection: the host key pinned, the key given, the
+/// connection shared. Written to a file so every printed step reads `ssh -F <file> lattice-server …`.
+fn ssh_config(dir: &str, target: &Target) -> String {
+    let lines = [
+        ["Host ", HOST_ALIAS].concat(),
+        ["  HostName ", &target.host].concat(),
+        ["  Port ", &target.port].concat(),
+        ["  User ", &target.user].concat(),
+        ["  IdentityFile ", dir, "/id"].concat(),
+        "  IdentitiesOnly yes".into(),
+        ["  UserKnownHostsFile ", dir, "/known_hosts"].concat(),
+        "  GlobalKnownHostsFile /dev/null".into(),
+        "  StrictHostKeyChecking yes".into(),
+        "  BatchMode yes".into(),
+        "  ConnectTimeout 10".into(),
+        "  ServerAliveInterval 15".into(),
+        "  ControlMaster auto".into(),
+        ["  ControlPath ", dir, "/cm"].concat(),
+        "  ControlPersist 60".into(),
+    ];
+    lines.iter().map(|l| [l.as_str(), "\n"].concat()).collect()
+}
+
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+/// Who runs this deploy, for the lock and the history: the CI actor or `user@host`, without
+/// white space.
+pub fn who(env: &Env) -> String {
+    let who = if let Some(actor) = env.get("GITHUB_ACTOR") {
+        [actor, "@github-actions"].concat()
+    } else {
+        let user = env.get("USER").or(env.get("LOGNAME")).unwrap_or("unknown");
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        [user, "@", host.trim()].concat()
+    };
+    who.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ssh_settings_are_all_listed_with_how_to_get_the_host_key() {
+        let env = Env::from_pairs([("SSH_HOST", "203.0.113.9"), ("SSH_PRIVATE_KEY", "k")]);
+        let mut problems = vec![];
+        Target::from_env(&env, &mut problems);
+        let text = problems.join("\n");
+        assert!(text.contains("SSH_USER, SSH_KNOWN_HOSTS"), "{text}");
+        assert!(text.contains("ssh-keyscan -p 22 203.0.113.9"), "{text}");
+    }
+
+    #[test]
+    fn the_host_key_is_pinned_and_never_trusted_on_first_use() {
+        let target = Target { host: "h".into(), port: "2222".into(), user: "u".into() };
+        let config = ssh_config("/tmp/x", &target);
+        for line in [
+            "StrictHostKeyChecking yes",
+            "UserKnownHostsFile /tmp/x/known_hosts",
+            "IdentityFile /tmp/x/id",
+            "IdentitiesOnly yes",
+            "BatchMode yes",
+            "Port 2222",
+            "User u",
+        ] {
+            assert!(config.contains(line), "{line:?} not in:\n{config}");
+        }
+    }
+
+    #[test]
+    fn the_private_key_file_is_owner_only() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let path = dir.path().join("id");
+        write_private(&path, "k").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn the_env_file_keeps_set_values_unless_told_and_is_owner_only() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let root = dir.path().join("deploy");
+        let write = |content: &str, mode: &str| {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", WRITE_ENV_SH, "write_env.sh"])
+                .arg(&root)
+                .arg(mode)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success());
+            std::fs::read_to_string(root.join(".env")).unwrap()
+        };
+        assert_eq!(write("A=1\nB=2\n", "keep"), "A=1\nB=2\n");
+        assert_eq!(write("B=3\nC=4\n", "keep"), "A=1\nB=2\nC=4\n");
+        assert_eq!(write("B=5\n", "overwrite"), "A=1\nC=4\nB=5\n");
+        let mode = std::fs::metadata(root.join(".env")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!root.join(".env.incoming").exists());
+    }
+}
