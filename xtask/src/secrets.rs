@@ -81,10 +81,13 @@ fn dotenv(env: &Env, names: &[&str]) -> Result<String> {
         let plain = value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@,+%=".contains(c));
         if plain {
             out.push_str(&format!("{name}={value}\n"));
-        } else if !value.contains('\'') {
-            out.push_str(&format!("{name}='{value}'\n"));
         } else {
-            bail!("{name} contains a single quote and other special characters; .env cannot hold it unambiguously");
+            // Double quotes with `\`, `"` and `$` escaped: Compose and a shell both read the value back.
+            let quoted: String = value
+                .chars()
+                .flat_map(|c| if matches!(c, '\\' | '"' | '$') { vec!['\\', c] } else { vec![c] })
+                .collect();
+            out.push_str(&format!("{name}=\"{quoted}\"\n"));
         }
     }
     Ok(out)
@@ -99,14 +102,14 @@ mod tests {
     fn values_round_trip_through_the_dotenv_reader() {
         let env = Env::from_pairs([
             ("DISCORD_TOKEN", "MTA.abc-def_ghi"),
-            ("POSTGRES_PASSWORD", "p@ss word#1$x"),
+            ("POSTGRES_PASSWORD", "p@ss word#1$x 'q' \"d\" \\n end\\"),
             ("LLM_PROVIDER", "placeholder"),
             ("UNRELATED", "x"),
         ]);
         let text = dotenv(&env, &sent(&env, false)).unwrap();
         let vars = parse_dotenv(&text).unwrap();
         assert_eq!(vars["DISCORD_TOKEN"], "MTA.abc-def_ghi");
-        assert_eq!(vars["POSTGRES_PASSWORD"], "p@ss word#1$x");
+        assert_eq!(vars["POSTGRES_PASSWORD"], "p@ss word#1$x 'q' \"d\" \\n end\\");
         assert_eq!(vars["LLM_PROVIDER"], "placeholder");
         assert!(!vars.contains_key("UNRELATED"));
     }
