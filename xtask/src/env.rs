@@ -259,12 +259,11 @@ mod tests {
         )
         .unwrap();
         let _cd = sh.push_dir(dir.path());
-        let json = xshell::cmd!(
-            sh,
-            "docker compose -p dotenv-probe --env-file sample.env -f compose.yml config --format json"
-        )
-        .read()
-        .expect("`docker compose` (v2) reads the sample");
+        let config =
+            crate::plan::Cmd::of("docker compose -p dotenv-probe --env-file sample.env -f compose.yml")
+                .args(["config", "--format", "json"]);
+        let json =
+            crate::plan::Plan::new(&sh, false).read(config).expect("`docker compose` (v2) reads the sample");
         let config: serde_json::Value = serde_json::from_str(&json).unwrap();
         let ours = parse_dotenv(&text).unwrap();
         for (name, line, _) in COMPOSE_SAMPLE {

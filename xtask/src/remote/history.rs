@@ -57,7 +57,7 @@ impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sha: String = self.sha.chars().take(12).collect();
         // Read from the server: shown with control characters escaped.
-        let shown = |field: &str| -> String { field.chars().flat_map(char::escape_debug).collect() };
+        let shown = super::layout::printable;
         write!(
             f,
             "{}  {:<11} {:<12} {:<9} {:>5}  {}",

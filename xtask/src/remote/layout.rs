@@ -93,6 +93,14 @@ pub const CURRENT_LINK: &str = "`current` link";
 pub const HISTORY_LINE: &str = "deploys.log";
 pub const RELEASES_DIR: &str = "releases/ directory";
 
+/// Text from the server as it may be printed: control characters (terminal escapes, line breaks)
+/// escaped, the rest as it is.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect()
+}
+
 /// A value from outside (the server, a variable) as it may be shown: quoted, with control
 /// characters, quotes and non-ASCII escaped, and cut at 80 characters.
 pub fn escaped(text: &str) -> String {
@@ -188,6 +196,12 @@ mod tests {
         assert!(Sha::from_server("ABCDEF1", HISTORY_LINE).is_err());
         assert!(Sha::from_server(" abc1234", HISTORY_LINE).is_err());
         assert_eq!(Sha::from_server("abc1234", HISTORY_LINE).unwrap().as_str(), "abc1234");
+    }
+
+    #[test]
+    fn text_from_the_server_is_printed_without_its_control_characters() {
+        assert_eq!(printable("ci@gh deploy abc1234 since 10:00"), "ci@gh deploy abc1234 since 10:00");
+        assert_eq!(printable("x\u{1b}]0;pwned\u{7}\ny"), "x\\u{1b}]0;pwned\\u{7}\\ny");
     }
 
     #[test]
