@@ -80,11 +80,8 @@ fn preflight<'p, 'a>(
         if registry::is_loopback(repository) {
             inspect = inspect.arg("--insecure");
         }
-        if !plan.check(inspect.arg(&image))? {
-            problems.push(format!(
-                "the image {image} is not in the registry: build and push it first (`cargo xtask image push` on \
-                 that commit, or `cargo xtask release`), and check `docker login` to the registry"
-            ));
+        if let Err(stderr) = plan.attempt(inspect.arg(&image))? {
+            problems.push(registry::manifest_problem(&image, &stderr));
         }
         validate_overlays(plan, project, files, &mut problems)?;
     }

@@ -33,11 +33,12 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "GATEWAY_GRACE_SECS",
     "REPLY_LEASE_SECS",
     "RUST_LOG",
-    // Where the server's compose finds Postgres, and Discord (a stand-in, in tests).
-    "POSTGRES_IMAGE",
-    "DISCORD_API_URL",
-    "DISCORD_GATEWAY_URL",
 ];
+
+/// Settings for development and tests that production must not get by accident (a leftover
+/// stand-in URL would send the real Discord token over plain HTTP): where the server's compose
+/// finds Postgres, and Discord. `cargo xtask secrets` sends them only with `--allow-dev-settings`.
+pub const DEV_APP_VARS: &[&str] = &["POSTGRES_IMAGE", "DISCORD_API_URL", "DISCORD_GATEWAY_URL"];
 
 /// What `cargo xtask` needs to reach the server.
 pub const SSH_VARS: &[&str] = &["SSH_HOST", "SSH_USER", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"];
@@ -93,35 +94,114 @@ impl Env {
         Ok(())
     }
 
+    /// The names among `names` that are set (non-empty), in that order.
+    pub fn present<'n>(&self, names: &[&'n str]) -> Vec<&'n str> {
+        names.iter().copied().filter(|name| self.get(name).is_some()).collect()
+    }
+
     pub fn missing<'n>(&self, names: &[&'n str]) -> Vec<&'n str> {
         names.iter().copied().filter(|name| self.get(name).is_none()).collect()
     }
 }
 
-/// `KEY=VALUE` lines; `#` comments, blank lines, `export `, and single or double quotes allowed.
+/// `.env` read as Docker Compose reads it, for the cases people write (Compose v2.40 checked by
+/// `dotenv_reads_what_compose_reads`):
+///
+/// - blank lines and lines starting with `#` are skipped; `export ` before a name is allowed;
+///   white space around the name and before the value is dropped;
+/// - unquoted: the value ends at ` #` (a comment) and trailing white space is dropped; `$$` is a
+///   `$`; backslashes are kept as they are;
+/// - `'single quoted'`: taken literally, but `\'` is a quote; a comment may follow the closing quote;
+/// - `"double quoted"`: `\n`, `\r`, `\t` are control characters, any other `\x` is `x`, `$$` is a `$`;
+///   a comment may follow the closing quote.
+///
+/// Refused, with the line number and never the value: a lone `$` outside single quotes (Compose
+/// would substitute a variable there), a quote not closed on its line (multi-line values), and text
+/// after a closing quote (Compose would read it as another variable).
 pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>> {
     let mut vars = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let n = n + 1;
+        let line = line.trim_start();
+        if line.trim_end().is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            bail!("line {}: expected KEY=VALUE (the value is not shown)", n + 1);
+            bail!("line {n}: expected KEY=VALUE (the value is not shown)");
         };
         let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("line {}: {key:?} is not a valid variable name", n + 1);
+        let name_ok = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && key.chars().next().is_some_and(|c| !c.is_ascii_digit());
+        if !name_ok {
+            bail!("line {n}: {key:?} is not a valid variable name");
         }
-        let value = value.trim();
-        let value = match (value.chars().next(), value.chars().last()) {
-            (Some(q @ ('"' | '\'')), Some(end)) if value.len() >= 2 && end == q => &value[1..value.len() - 1],
-            _ => value,
-        };
-        vars.insert(key.to_string(), value.to_string());
+        let value = dotenv_value(value.trim_start())
+            .map_err(|why| anyhow::anyhow!("line {n} ({key}): {why} (the value is not shown)"))?;
+        vars.insert(key.to_string(), value);
     }
     Ok(vars)
+}
+
+/// One value as Compose reads it (see [`parse_dotenv`]), or why it is refused.
+fn dotenv_value(raw: &str) -> std::result::Result<String, &'static str> {
+    const DOLLAR: &str = "a `$` that Compose would take for a variable: write `$$` for a literal `$`, \
+                          or put the value in single quotes";
+    let mut out = String::new();
+    let mut chars = raw.chars().peekable();
+    let rest: String = match chars.peek() {
+        Some(&quote @ ('\'' | '"')) => {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match (quote, c) {
+                    (_, c) if c == quote => {
+                        closed = true;
+                        break;
+                    }
+                    ('\'', '\\') if chars.peek() == Some(&'\'') => out.push(chars.next().unwrap_or('\'')),
+                    ('"', '\\') => match chars.next() {
+                        Some('n') => out.push('\n'),
+                        Some('r') => out.push('\r'),
+                        Some('t') => out.push('\t'),
+                        Some(other) => out.push(other),
+                        None => out.push('\\'),
+                    },
+                    ('"', '$') if chars.peek() == Some(&'$') => {
+                        chars.next();
+                        out.push('$');
+                    }
+                    ('"', '$') => return Err(DOLLAR),
+                    (_, c) => out.push(c),
+                }
+            }
+            if !closed {
+                return Err(
+                    "the quote is not closed on this line (values over several lines are not supported)",
+                );
+            }
+            chars.collect()
+        }
+        _ => {
+            let value = raw.split(" #").next().unwrap_or("").trim_end();
+            let mut chars = value.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' {
+                    if chars.peek() != Some(&'$') {
+                        return Err(DOLLAR);
+                    }
+                    chars.next();
+                }
+                out.push(c);
+            }
+            String::new()
+        }
+    };
+    let rest = rest.trim();
+    if !rest.is_empty() && !rest.starts_with('#') {
+        return Err("text after the closing quote, which Compose would read as another variable");
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -135,6 +215,77 @@ mod tests {
         assert_eq!(vars["B"], "two words");
         assert_eq!(vars["C"], "x=y");
         assert_eq!(vars["D"], "");
+    }
+
+    /// What Compose v2 reads from each line (checked against `docker compose --env-file … config`
+    /// by `dotenv_reads_what_compose_reads`).
+    const COMPOSE_SAMPLE: &[(&str, &str, &str)] = &[
+        ("INLINE", "INLINE=abc # a comment", "abc"),
+        ("HASH", "HASH=abc#not-a-comment", "abc#not-a-comment"),
+        ("TAB", "TAB=a\t#tab", "a\t#tab"),
+        ("BARE", "BARE=#x", "#x"),
+        ("SINGLE", "SINGLE='quoted # kept' # a comment", "quoted # kept"),
+        ("SQ_LITERAL", r"SQ_LITERAL='p$s\n'", r"p$s\n"),
+        ("SQ_QUOTE", r"SQ_QUOTE='x\'y'", "x'y"),
+        ("DOUBLE", r#"DOUBLE="dq \"esc\" \n nl \t t \\ \$x $$y" # c"#, "dq \"esc\" \n nl \t t \\ $x $y"),
+        ("EXPORTED", "export EXPORTED=exp", "exp"),
+        ("SPACED", "  SPACED = spaced  ", "spaced"),
+        ("LEADING", "LEADING=  'lead'", "lead"),
+        ("DOLLARS", "DOLLARS=p$$s", "p$s"),
+        ("BACKSLASH", r"BACKSLASH=a\nb\\c", r"a\nb\\c"),
+    ];
+
+    #[test]
+    fn dotenv_follows_composes_rules() {
+        let text: String = COMPOSE_SAMPLE.iter().map(|(_, line, _)| [*line, "\n"].concat()).collect();
+        let vars = parse_dotenv(&text).unwrap();
+        for (name, line, want) in COMPOSE_SAMPLE {
+            assert_eq!(vars[*name], *want, "{line}");
+        }
+    }
+
+    /// The sample above, read by Compose itself: what `secrets` sends is what Compose reads.
+    #[test]
+    fn dotenv_reads_what_compose_reads() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let text: String = COMPOSE_SAMPLE.iter().map(|(_, line, _)| [*line, "\n"].concat()).collect();
+        std::fs::write(dir.path().join("sample.env"), &text).unwrap();
+        let environment: String =
+            COMPOSE_SAMPLE.iter().map(|(name, _, _)| format!("      {name}: ${{{name}}}\n")).collect();
+        std::fs::write(
+            dir.path().join("compose.yml"),
+            ["services:\n  probe:\n    image: probe\n    environment:\n", &environment].concat(),
+        )
+        .unwrap();
+        let _cd = sh.push_dir(dir.path());
+        let config =
+            crate::plan::Cmd::of("docker compose -p dotenv-probe --env-file sample.env -f compose.yml")
+                .args(["config", "--format", "json"]);
+        let json =
+            crate::plan::Plan::new(&sh, false).read(config).expect("`docker compose` (v2) reads the sample");
+        let config: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let ours = parse_dotenv(&text).unwrap();
+        for (name, line, _) in COMPOSE_SAMPLE {
+            // `config` writes a literal `$` as `$$`.
+            let theirs =
+                config["services"]["probe"]["environment"][name].as_str().unwrap().replace("$$", "$");
+            assert_eq!(ours[*name], theirs, "{line}");
+        }
+    }
+
+    #[test]
+    fn what_compose_would_read_differently_is_refused_without_the_value() {
+        for (text, why) in [
+            ("A=se$cret\n", "a `$` that Compose would take for a variable"),
+            ("A=\"se${cret}\"\n", "a `$` that Compose would take for a variable"),
+            ("A='secret\n", "the quote is not closed on this line"),
+            ("A='secret''s'\n", "text after the closing quote"),
+        ] {
+            let err = parse_dotenv(&["B=1\n", text].concat()).unwrap_err().to_string();
+            assert!(err.starts_with("line 2 (A): ") && err.contains(why), "{err}");
+            assert!(!err.contains("secret") && !err.contains("cret"), "{err}");
+        }
     }
 
     #[test]
@@ -171,7 +322,9 @@ mod tests {
         assert!(names.len() > 10, "too few names found in .env.example: {names:?}");
         let missing: Vec<&&str> = names
             .iter()
-            .filter(|name| !APP_VARS.contains(name) && !OPTIONAL_APP_VARS.contains(name))
+            .filter(|name| {
+                !APP_VARS.contains(name) && !OPTIONAL_APP_VARS.contains(name) && !DEV_APP_VARS.contains(name)
+            })
             .collect();
         assert!(missing.is_empty(), "in .env.example but never written to the server: {missing:?}");
     }

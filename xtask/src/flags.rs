@@ -144,6 +144,10 @@ pub struct Secrets {
     /// Also replace values that are already set on the server.
     #[arg(long)]
     pub overwrite: bool,
+    /// Also send DISCORD_API_URL, DISCORD_GATEWAY_URL and POSTGRES_IMAGE when set: development and
+    /// test settings (a Discord stand-in, a local Postgres image) that production must not get.
+    #[arg(long)]
+    pub allow_dev_settings: bool,
 }
 
 #[derive(Args, Debug)]

@@ -261,6 +261,26 @@ impl<'a> Plan<'a> {
         self.succeeds(&cmd, &line)
     }
 
+    /// Runs a step whose failure the caller explains from what it said: `Ok(Ok(()))` when it
+    /// exits 0, `Ok(Err(stderr))` (trimmed) when not. Its output is captured, not shown. A dry run
+    /// assumes success.
+    pub fn attempt(&self, cmd: Cmd) -> Result<std::result::Result<(), String>> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(Ok(()));
+        }
+        let output = self
+            .xshell(&cmd)
+            .ignore_status()
+            .ignore_stdout()
+            .output()
+            .with_context(|| format!("could not start: {line}"))?;
+        if output.status.success() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+    }
+
     /// Runs a step already printed as `line`, its output hidden; whether it exited 0.
     fn succeeds(&self, cmd: &Cmd, line: &str) -> Result<bool> {
         let output = self

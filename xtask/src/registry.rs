@@ -34,6 +34,42 @@ pub fn login(env: &Env, repository: &str) -> Option<Cmd> {
     )
 }
 
+/// What a failed `docker manifest inspect <image>` means for the user, from its standard error:
+/// the image missing is one thing, the registry down, refusing the login or the name invalid
+/// are others, and each says what to do.
+pub fn manifest_problem(image: &str, stderr: &str) -> String {
+    let said = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no output");
+    let lower = stderr.to_lowercase();
+    let host = host(image);
+    if lower.contains("invalid reference format") {
+        format!(
+            "{image} is not a valid image name ({said}): image names are lowercase letters, digits and . _ - / \
+             (set LATTICE_IMAGE or [workspace.metadata.lattice] image)"
+        )
+    } else if ["unauthorized", "denied", "authentication required", "forbidden"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        format!(
+            "the registry {host} refused to show {image} ({said}): check REGISTRY_USER and REGISTRY_PASSWORD \
+             (or `docker login {host}`) and that this login may read the repository"
+        )
+    } else if lower.contains("no such manifest")
+        || lower.contains("manifest unknown")
+        || lower.contains("not found")
+    {
+        format!(
+            "the image {image} is not in the registry: build and push it first (`cargo xtask image push` on \
+             that commit, or `cargo xtask release`)"
+        )
+    } else {
+        format!(
+            "could not ask the registry {host} whether {image} exists ({said}): check that the registry is up \
+             and reachable from here, then run the deploy again"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +86,33 @@ mod tests {
         assert!(is_loopback("localhost:5000/bot"));
         assert!(!is_loopback("ghcr.io/o/bot"));
         assert!(!is_loopback("localhost.example.com/bot"));
+    }
+
+    #[test]
+    fn a_failed_manifest_lookup_says_what_went_wrong() {
+        let image = "127.0.0.1:5999/bot:abc1234";
+        let down = manifest_problem(
+            image,
+            "failed to configure transport: error pinging v2 registry: Get \"https://127.0.0.1:5999/v2/\": dial tcp \
+             127.0.0.1:5999: connect: connection refused\n",
+        );
+        assert!(down.starts_with("could not ask the registry 127.0.0.1:5999 whether"), "{down}");
+        assert!(down.contains("connection refused"), "{down}");
+        let upper = manifest_problem(
+            "Foo/Bar:abc1234",
+            "invalid reference format: repository name (Bar) must be lowercase",
+        );
+        assert!(
+            upper.starts_with("Foo/Bar:abc1234 is not a valid image name (invalid reference format"),
+            "{upper}"
+        );
+        let denied = manifest_problem("ghcr.io/o/bot:abc1234", "unauthorized: authentication required");
+        assert!(denied.starts_with("the registry ghcr.io refused to show ghcr.io/o/bot:abc1234"), "{denied}");
+        let missing = manifest_problem("ghcr.io/o/bot:abc1234", "no such manifest: ghcr.io/o/bot:abc1234");
+        assert!(
+            missing.starts_with("the image ghcr.io/o/bot:abc1234 is not in the registry: build and push it"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::env::Env;
 pub struct Settings {
     /// Image repository without tag, e.g. `ghcr.io/owner/lattice-bot`. Env: LATTICE_IMAGE.
     pub image: String,
-    /// Directory on the server, relative to the ssh user's home unless absolute. Env: LATTICE_DEPLOY_PATH.
+    /// Directory on the server, relative to the ssh user's home unless absolute (`~/x` is `x`). Env: LATTICE_DEPLOY_PATH.
     pub deploy_path: String,
     /// Compose project name, on the server and (with `-dev`) for the dev stack. Env: LATTICE_COMPOSE_PROJECT.
     pub compose_project: String,
@@ -40,24 +40,26 @@ impl Settings {
         let path = root.join("Cargo.toml");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut settings = Settings::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let mut from_env = Vec::new();
         if let Some(image) = env.get("LATTICE_IMAGE") {
             settings.image = image.to_string();
+            from_env.push("image");
         }
         if let Some(deploy_path) = env.get("LATTICE_DEPLOY_PATH") {
             settings.deploy_path = deploy_path.to_string();
+            from_env.push("deploy_path");
         }
         if let Some(secs) = env.get("LATTICE_HEALTH_TIMEOUT_SECS") {
             settings.health_timeout_secs = secs.parse().map_err(|_| {
                 anyhow::anyhow!("LATTICE_HEALTH_TIMEOUT_SECS={secs:?} is not a number of seconds")
             })?;
+            from_env.push("health_timeout_secs");
         }
         if let Some(compose_project) = env.get("LATTICE_COMPOSE_PROJECT") {
             settings.compose_project = compose_project.to_string();
+            from_env.push("compose_project");
         }
-        if let Some(project) = env.get("LATTICE_COMPOSE_PROJECT") {
-            settings.compose_project = project.to_string();
-        }
-        settings.validate()?;
+        settings.validate(&from_env)?;
         Ok(settings)
     }
 
@@ -80,8 +82,35 @@ impl Settings {
         Ok(manifest.workspace.and_then(|w| w.metadata).and_then(|m| m.lattice).unwrap_or_default())
     }
 
-    fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: &str| anyhow::anyhow!("[workspace.metadata.lattice] {key}: {why}");
+    /// Checks every setting; `from_env` names the keys a `LATTICE_*` variable set, so that an error
+    /// blames the variable rather than Cargo.toml. `deploy_path = "~/x"` becomes `x` (relative
+    /// paths are already relative to the ssh user's home; the remote commands quote `~`).
+    fn validate(&mut self, from_env: &[&str]) -> Result<()> {
+        let bad = |key: &str, why: &str| {
+            if from_env.contains(&key) {
+                let var = ["LATTICE_", &key.to_uppercase()].concat();
+                anyhow::anyhow!(
+                    "{var} (set in the environment, it overrides [workspace.metadata.lattice] {key}): {why}"
+                )
+            } else {
+                anyhow::anyhow!("[workspace.metadata.lattice] {key}: {why}")
+            }
+        };
+        if let Some(rest) = self.deploy_path.strip_prefix("~/") {
+            self.deploy_path = rest.trim_start_matches('/').to_string();
+            if self.deploy_path.is_empty() {
+                return Err(bad(
+                    "deploy_path",
+                    "must name a directory, not the home directory itself (e.g. ~/lattice)",
+                ));
+            }
+        } else if self.deploy_path.starts_with('~') {
+            return Err(bad(
+                "deploy_path",
+                "`~` is only understood as `~/…` (the ssh user's home): give a path relative to that home \
+                 (e.g. lattice) or an absolute one",
+            ));
+        }
         if self.image.is_empty() || self.image.contains(char::is_whitespace) || self.image.contains('@') {
             return Err(bad(
                 "image",
@@ -155,9 +184,40 @@ mod tests {
 
     #[test]
     fn validation_explains_what_to_fix() {
-        let s = Settings { image: "ghcr.io/o/bot:latest".into(), ..Settings::default() };
-        assert!(s.validate().unwrap_err().to_string().contains("tag"));
-        let s = Settings { releases_kept: 1, ..Settings::default() };
-        assert!(s.validate().unwrap_err().to_string().contains("releases_kept"));
+        let mut s = Settings { image: "ghcr.io/o/bot:latest".into(), ..Settings::default() };
+        assert!(s.validate(&[]).unwrap_err().to_string().contains("tag"));
+        let mut s = Settings { releases_kept: 1, ..Settings::default() };
+        assert!(s.validate(&[]).unwrap_err().to_string().contains("releases_kept"));
+    }
+
+    #[test]
+    fn a_deploy_path_under_the_home_directory_is_not_a_directory_named_tilde() {
+        let mut s = Settings { deploy_path: "~/apps/lattice".into(), ..Settings::default() };
+        s.validate(&[]).unwrap();
+        assert_eq!(s.deploy_path, "apps/lattice");
+        for path in ["~", "~/", "~deploy/lattice"] {
+            let mut s = Settings { deploy_path: path.into(), ..Settings::default() };
+            let err = s.validate(&[]).unwrap_err().to_string();
+            assert!(err.starts_with("[workspace.metadata.lattice] deploy_path: "), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_setting_from_a_variable_is_blamed_on_the_variable() {
+        let root = crate::project::root().unwrap();
+        let env = Env::from_pairs([("LATTICE_IMAGE", "ghcr.io/o/bot:v1")]);
+        let err = Settings::load(&root, &env).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "LATTICE_IMAGE (set in the environment, it overrides [workspace.metadata.lattice] image): must not \
+                 carry a tag"
+            ),
+            "{err}"
+        );
+        let env = Env::from_pairs([("LATTICE_DEPLOY_PATH", "~/x")]);
+        assert_eq!(Settings::load(&root, &env).unwrap().deploy_path, "x");
+        let env = Env::from_pairs([("LATTICE_COMPOSE_PROJECT", "Lattice")]);
+        let err = Settings::load(&root, &env).unwrap_err().to_string();
+        assert!(err.starts_with("LATTICE_COMPOSE_PROJECT (set in the environment"), "{err}");
     }
 }

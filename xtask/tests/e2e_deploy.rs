@@ -631,9 +631,10 @@ fn e2e_an_unknown_commit_is_refused_before_the_server_is_touched(h: &mut Harness
     assert!(!h.home.join(&h.deploy_path).join("releases").exists(), "a refused deploy touched the server");
 }
 
-/// A fresh server: only Docker and an ssh user. `secrets` writes its .env.
+/// A fresh server: only Docker and an ssh user. `secrets` writes its .env (with the stand-in's
+/// Discord URLs and the local Postgres image, which production never gets without the flag).
 fn e2e_secrets_writes_an_owner_only_env_on_a_fresh_server(h: &mut Harness) {
-    h.xtask_ok(&["secrets"]);
+    h.xtask_ok(&["secrets", "--allow-dev-settings"]);
     let env_file = h.home.join(&h.deploy_path).join(".env");
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the server's .env must be owner-only");

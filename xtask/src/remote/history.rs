@@ -56,10 +56,17 @@ pub struct Line {
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sha: String = self.sha.chars().take(12).collect();
+        // Read from the server: shown with control characters escaped.
+        let shown = super::layout::printable;
         write!(
             f,
             "{}  {:<11} {:<12} {:<9} {:>5}  {}",
-            self.time, self.action, sha, self.result, self.seconds, self.who
+            shown(&self.time),
+            shown(&self.action),
+            sha,
+            shown(&self.result),
+            shown(&self.seconds),
+            shown(&self.who)
         )
     }
 }
@@ -79,6 +86,16 @@ pub fn parse(text: &str) -> Vec<Line> {
             })
         })
         .collect()
+}
+
+/// `deploys.log` as read back from the server: every line's sha must be one, or nothing built
+/// from the history (rollback's target, pruning) may run.
+pub fn parse_checked(text: &str) -> anyhow::Result<Vec<Line>> {
+    let lines = parse(text);
+    for line in &lines {
+        super::Sha::from_server(&line.sha, super::layout::HISTORY_LINE)?;
+    }
+    Ok(lines)
 }
 
 /// The default rollback target: the newest release that ran healthily and is not `current`.
@@ -124,6 +141,20 @@ mod tests {
         assert_eq!(previous_good(&lines, "bbb"), Some("aaa"));
         assert_eq!(previous_good(&lines, "aaa"), Some("bbb"));
         assert_eq!(previous_good(&parse(&line("deploy", "aaa", "ok")), "aaa"), None);
+    }
+
+    #[test]
+    fn a_history_line_whose_sha_is_not_one_is_refused() {
+        let good = line("deploy", "abc1234", "ok");
+        assert_eq!(parse_checked(&good).unwrap().len(), 1);
+        let bad = good.clone() + &line("deploy", "x';rm${IFS}-rf${IFS}~;'", "ok");
+        let err = parse_checked(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "the server's deploys.log holds \"x\\';rm${IFS}-rf${IFS}~;\\'\", not a release sha"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -49,9 +49,66 @@ impl Sha {
         Ok(Sha(text.to_string()))
     }
 
+    /// A sha read back from the server (`what` names where: "`current` link", "deploys.log",
+    /// "releases directory"). Anything else is refused before it can reach a command, with what
+    /// to do about it.
+    pub fn from_server(text: &str, what: &str) -> Result<Sha> {
+        let hex = text.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+        if !(7..=40).contains(&text.len()) || !hex {
+            return Err(not_a_sha(what, text));
+        }
+        Ok(Sha(text.to_string()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The error for a value from the server that is not a release sha where one belongs.
+pub fn not_a_sha(what: &str, text: &str) -> anyhow::Error {
+    anyhow::anyhow!("the server's {what} holds {}, not a release sha: {}", escaped(text), what_to_do(what))
+}
+
+/// What to do when the server holds something that is not a sha where one belongs.
+fn what_to_do(what: &str) -> &'static str {
+    match what {
+        CURRENT_LINK => {
+            "nothing deployed by `cargo xtask` points there; look at the link on the server \
+             (`ls -l <deploy_path>/current`) and redeploy a known commit with `cargo xtask deploy --sha <sha>`"
+        }
+        HISTORY_LINE => {
+            "the history was written by something else or damaged; look at the line on the server and \
+             remove or correct it (each line is `<time> <action> <sha> <digest> <result> <seconds>s <who>`)"
+        }
+        _ => {
+            "only `cargo xtask deploy` should create directories in releases/; look at it on the server and \
+             remove it by hand"
+        }
+    }
+}
+
+/// Where a value read back from the server came from, for [`Sha::from_server`].
+pub const CURRENT_LINK: &str = "`current` link";
+pub const HISTORY_LINE: &str = "deploys.log";
+pub const RELEASES_DIR: &str = "releases/ directory";
+
+/// Text from the server as it may be printed: control characters (terminal escapes, line breaks)
+/// escaped, the rest as it is.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect()
+}
+
+/// A value from outside (the server, a variable) as it may be shown: quoted, with control
+/// characters, quotes and non-ASCII escaped, and cut at 80 characters.
+pub fn escaped(text: &str) -> String {
+    let mut out: String = text.chars().take(80).flat_map(char::escape_default).collect();
+    if text.chars().count() > 80 {
+        out.push_str("...");
+    }
+    ["\"", &out, "\""].concat()
 }
 
 /// The deploy directory on the server, and every path and command in it.
@@ -124,6 +181,27 @@ mod tests {
         assert!(Sha::parse(&"a".repeat(41)).is_err());
         assert_eq!(Sha::parse("0123abc").unwrap().as_str(), "0123abc");
         assert!(Sha::parse(&"f".repeat(40)).is_ok());
+    }
+
+    #[test]
+    fn a_release_name_from_the_server_that_is_not_a_sha_is_refused_and_shown_escaped() {
+        let err = Sha::from_server("x';cmd;'", RELEASES_DIR).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the server's releases/ directory holds \"x\\';cmd;\\'\", not a release sha"),
+            "{err}"
+        );
+        let err = Sha::from_server("abc1234\n\u{1b}[2J", CURRENT_LINK).unwrap_err().to_string();
+        assert!(err.contains("\"abc1234\\n\\u{1b}[2J\""), "{err}");
+        assert!(!err.contains('\u{1b}'), "{err}");
+        assert!(Sha::from_server("ABCDEF1", HISTORY_LINE).is_err());
+        assert!(Sha::from_server(" abc1234", HISTORY_LINE).is_err());
+        assert_eq!(Sha::from_server("abc1234", HISTORY_LINE).unwrap().as_str(), "abc1234");
+    }
+
+    #[test]
+    fn text_from_the_server_is_printed_without_its_control_characters() {
+        assert_eq!(printable("ci@gh deploy abc1234 since 10:00"), "ci@gh deploy abc1234 since 10:00");
+        assert_eq!(printable("x\u{1b}]0;pwned\u{7}\ny"), "x\\u{1b}]0;pwned\\u{7}\\ny");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Server<'_, '_> {
                  {root}/{SWITCH_SCRIPT} once started, which always ends after the health wait: \
                  {root}/{SWITCH_LOG} shows its progress. A lock never outlives them; if no deploy is running and \
                  the lock is still held, `fuser -v {root}/{LOCK}` on the server names the stuck process to stop.)",
-                holder = holder.trim(),
+                holder = super::layout::printable(holder.trim()),
                 root = self.layout.root,
             );
         }
@@ -77,7 +77,8 @@ impl Server<'_, '_> {
                 .or(Cmd::of("cat").arg(LOCK_HOLDER).without_errors())
                 .or(Cmd::of("echo unknown")),
         )?;
-        Ok(Some(out).filter(|s| !s.trim().is_empty() && !self.plan().is_dry_run()))
+        let out = super::layout::printable(out.trim());
+        Ok(Some(out).filter(|s| !s.is_empty() && !self.plan().is_dry_run()))
     }
 }
 

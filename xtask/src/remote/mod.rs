@@ -60,6 +60,31 @@ impl Target {
                 missing.join(", ")
             ));
         }
+        let port = env.get("SSH_PORT").unwrap_or("22").to_string();
+        let port_ok = port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0);
+        if !port_ok {
+            problems.push(format!(
+                "SSH_PORT {} is not a port number: set it to the server's ssh port alone, 1 to 65535 (22 when unset)",
+                layout::escaped(&port)
+            ));
+        }
+        // Each goes into the generated ssh config: a bad value is named (escaped) and never written.
+        let mut checked = |name: &str, what: &str, example: &str| -> String {
+            let Some(value) = env.get(name) else { return ["$", name].concat() };
+            match config_word_problem(value) {
+                None => value.to_string(),
+                Some(why) => {
+                    problems.push(format!(
+                        "{name} {} is not {what}: {why}; set it to {what} alone (e.g. {example})",
+                        layout::escaped(value)
+                    ));
+                    ["$", name].concat()
+                }
+            }
+        };
+        let host = checked("SSH_HOST", "a host name or IP address", "203.0.113.9");
+        let user = checked("SSH_USER", "a user name on the server", "deploy");
+        let target = Target { host, port: if port_ok { port } else { "22".into() }, user };
         if env.get("SSH_PRIVATE_KEY").is_some() && env.get("SSH_KNOWN_HOSTS").is_none() {
             // Said separately because the fix is not obvious.
             problems.push(format!(
@@ -67,19 +92,30 @@ impl Target {
                  `ssh-keyscan -p {port} {host}`, check its fingerprint against the server's own \
                  (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server), and store the lines as \
                  SSH_KNOWN_HOSTS",
-                port = env.get("SSH_PORT").unwrap_or("22"),
-                host = env.get("SSH_HOST").unwrap_or("<host>"),
+                port = target.port,
+                host = if target.host.starts_with('$') { "<host>" } else { &target.host },
             ));
         }
-        let port = env.get("SSH_PORT").unwrap_or("22").to_string();
-        if port.parse::<u16>().is_err() {
-            problems.push(format!("SSH_PORT={port:?} is not a port number"));
-        }
-        Target {
-            host: env.get("SSH_HOST").unwrap_or("$SSH_HOST").to_string(),
-            port,
-            user: env.get("SSH_USER").unwrap_or("$SSH_USER").to_string(),
-        }
+        target
+    }
+}
+
+/// Why a value cannot stand as one word of the ssh config (HostName, User), if it cannot.
+fn config_word_problem(value: &str) -> Option<&'static str> {
+    if value.contains(['\n', '\r']) {
+        Some("it holds a line break, which would start a new line of the ssh configuration")
+    } else if value.contains(char::is_whitespace) {
+        Some("it holds white space, which ends a word of the ssh configuration")
+    } else if value.contains(char::is_control) {
+        Some("it holds a control character")
+    } else if value.starts_with('-') {
+        Some("it starts with `-`, which ssh would read as an option")
+    } else if value.contains('%') {
+        Some("it holds `%`, which ssh expands in its configuration (%h, %u, ...)")
+    } else if value.contains(['"', '\'', '#', '\\', '=']) {
+        Some("it holds a quote, `#`, `\\` or `=`, which the ssh configuration reads as syntax")
+    } else {
+        None
     }
 }
 
@@ -217,26 +253,33 @@ impl<'p, 'a> Server<'p, 'a> {
         self.plan.spawn(self.ssh(&step))
     }
 
-    /// The sha `current` points at, if any.
+    /// The sha `current` points at, if any. Whatever else the link holds is refused (it would
+    /// otherwise reach the commands built from it).
     pub fn current(&self) -> Result<Option<String>> {
         let link = self.layout.path("current");
         let out = self.read_at_home(Cmd::of("readlink").arg(link).without_errors().or(Cmd::of("true")))?;
         if self.plan.is_dry_run() {
             return Ok(Some("<current sha>".into()));
         }
-        Ok(out.trim().strip_prefix("releases/").map(str::to_string).filter(|s| !s.is_empty()))
+        current_release(&out)
     }
 
-    /// `deploys.log` as read back (empty when there is none yet).
+    /// `deploys.log` as read back (empty when there is none yet), every line's sha checked.
     pub fn history(&self) -> Result<Vec<HistoryLine>> {
         let text = self.read(Cmd::of("cat").arg(HISTORY).without_errors().or(Cmd::of("true")))?;
-        Ok(history::parse(&text))
+        if self.plan.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        history::parse_checked(&text)
     }
 
-    /// The release directories on the server, by sha.
+    /// The release directories on the server, by sha; a directory not named by a sha is refused.
     pub fn releases(&self) -> Result<Vec<String>> {
         let listed = self.read(Cmd::of("ls -1 releases").without_errors().or(Cmd::of("true")))?;
-        Ok(listed.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+        if self.plan.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        release_names(&listed)
     }
 
     /// Refuses to go on when the server lacks Compose v2 or its `.env` lacks an app variable
@@ -294,6 +337,27 @@ impl<'p, 'a> Server<'p, 'a> {
         let script = Cmd::script("write_env.sh", WRITE_ENV_SH).arg(&self.layout.root).arg(mode);
         self.run_at_home_with_input(script, content)
     }
+}
+
+/// The release a `readlink current` output names: `None` when there is no link yet.
+fn current_release(readlink: &str) -> Result<Option<String>> {
+    let target = readlink.strip_suffix('\n').unwrap_or(readlink);
+    if target.is_empty() {
+        return Ok(None);
+    }
+    match target.strip_prefix("releases/") {
+        Some(sha) => Ok(Some(Sha::from_server(sha, layout::CURRENT_LINK)?.as_str().to_string())),
+        None => Err(layout::not_a_sha(layout::CURRENT_LINK, target)),
+    }
+}
+
+/// The names `ls -1 releases` lists, each a sha.
+fn release_names(listed: &str) -> Result<Vec<String>> {
+    listed
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|name| Ok(Sha::from_server(name, layout::RELEASES_DIR)?.as_str().to_string()))
+        .collect()
 }
 
 /// Writes the server's `.env` (see the script's header).
@@ -374,6 +438,76 @@ mod tests {
         let text = problems.join("\n");
         assert!(text.contains("SSH_USER, SSH_KNOWN_HOSTS"), "{text}");
         assert!(text.contains("ssh-keyscan -p 22 203.0.113.9"), "{text}");
+    }
+
+    #[test]
+    fn a_host_or_user_that_would_add_ssh_config_lines_is_refused_escaped() {
+        let base = [("SSH_PRIVATE_KEY", "k"), ("SSH_KNOWN_HOSTS", "h k")];
+        let check = |host: &str, user: &str, port: &str| {
+            let env =
+                Env::from_pairs(base).with("SSH_HOST", host).with("SSH_USER", user).with("SSH_PORT", port);
+            let mut problems = vec![];
+            let target = Target::from_env(&env, &mut problems);
+            (target, problems.join("\n"))
+        };
+        let (target, text) = check("host\nProxyCommand touch /tmp/pwned", "deploy", "22");
+        assert!(
+            text.starts_with(
+                "SSH_HOST \"host\\nProxyCommand touch /tmp/pwned\" is not a host name or IP address: it holds a \
+                 line break"
+            ),
+            "{text}"
+        );
+        let config = ssh_config("/tmp/x", &target);
+        assert!(!config.contains("ProxyCommand"), "{config}");
+        assert!(config.contains("HostName $SSH_HOST\n"), "{config}");
+        let (_, text) = check("h", "-oProxyCommand=x", "22");
+        assert!(
+            text.contains(
+                "SSH_USER \"-oProxyCommand=x\" is not a user name on the server: it starts with `-`"
+            ),
+            "{text}"
+        );
+        let (_, text) = check("%h.example", "u s", "22");
+        assert!(
+            text.contains("SSH_HOST \"%h.example\" is not a host name or IP address: it holds `%`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SSH_USER \"u s\" is not a user name on the server: it holds white space"),
+            "{text}"
+        );
+        let (_, text) = check("h", "u", "+22");
+        assert!(text.contains("SSH_PORT \"+22\" is not a port number"), "{text}");
+        let (_, text) = check("h", "u", "22\nProxyCommand x");
+        assert!(text.contains("SSH_PORT \"22\\nProxyCommand x\" is not a port number"), "{text}");
+        let (target, text) = check("2001:db8::1", "deploy.user_1", "2222");
+        assert_eq!(text, "");
+        assert_eq!(
+            (target.host.as_str(), target.user.as_str(), target.port.as_str()),
+            ("2001:db8::1", "deploy.user_1", "2222")
+        );
+    }
+
+    #[test]
+    fn what_the_server_reads_back_must_be_release_shas() {
+        assert_eq!(current_release("").unwrap(), None);
+        assert_eq!(current_release("releases/abc1234\n").unwrap().as_deref(), Some("abc1234"));
+        let err = current_release("releases/x';cmd;'\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("the server's `current` link holds \"x\\';cmd;\\'\", not a release sha"),
+            "{err}"
+        );
+        let err = current_release("/etc\n").unwrap_err().to_string();
+        assert!(err.contains("holds \"/etc\""), "{err}");
+        assert_eq!(release_names("abc1234\ndef5678\n").unwrap(), vec!["abc1234", "def5678"]);
+        let err = release_names("abc1234\nx';cmd;'\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "the server's releases/ directory holds \"x\\';cmd;\\'\", not a release sha: only"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
