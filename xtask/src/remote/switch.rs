@@ -247,6 +247,16 @@ esac
     /// Runs the switch script to `bbbbbbb` in a temp dir with the fake `docker`; `previous` runs
     /// as container `c1-<previous>` before (none without a previous release).
     fn run_switch(previous: Option<&str>, standby: &[&str], leads: &[&str]) -> Ran {
+        run_switch_with(previous, previous, standby, leads)
+    }
+
+    /// [`run_switch`] with the release whose bot runs before given apart (`None`: no bot runs).
+    fn run_switch_with(
+        previous: Option<&str>,
+        running: Option<&str>,
+        standby: &[&str],
+        leads: &[&str],
+    ) -> Ran {
         let sh = xshell::Shell::new().unwrap();
         let dir = sh.create_temp_dir().unwrap();
         let d = dir.path();
@@ -254,7 +264,7 @@ esac
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("docker"), FAKE_DOCKER).unwrap();
         std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let running = previous.map(|p| format!("c1-{p} {p} running\n")).unwrap_or_default();
+        let running = running.map(|p| format!("c1-{p} {p} running\n")).unwrap_or_default();
         std::fs::write(d.join("bots"), running).unwrap();
         let layout = Layout::new(&Settings::default());
         let switch = Switch {
@@ -384,6 +394,52 @@ esac
         let got: Vec<(&str, &str, &str)> =
             ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
         assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
+    }
+
+    #[test]
+    fn with_no_bot_running_the_new_one_leads_at_once_and_a_switch_back_starts_the_previous_one() {
+        let first = run_switch(None, &[], &["bbbbbbb"]);
+        assert_eq!(first.result, "healthy");
+        assert_eq!(handover_steps(&first.calls), ["up bbbbbbb", "c1-bbbbbbb leader?"], "{:#?}", first.calls);
+        // The previous release's bot had crashed: nothing to keep serving, so the way back is a
+        // handover to the previous release like any other.
+        let ran = run_switch_with(Some("aaaaaaa"), None, &[], &["aaaaaaa"]);
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c1-bbbbbbb leader?",
+                "stop c1-bbbbbbb",
+                "rm --force c1-bbbbbbb",
+                "up aaaaaaa",
+                "c1-aaaaaaa leader?"
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
+    }
+
+    #[test]
+    fn a_new_bot_that_leads_at_once_because_the_old_one_did_not_lead_is_kept() {
+        // The rollback from a release whose bot runs but never leads (e.g. it lost its database).
+        let ran = run_switch(Some("aaaaaaa"), &[], &["bbbbbbb"]);
+        assert_eq!(ran.result, "healthy");
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c2-bbbbbbb standby?",
+                "c2-bbbbbbb leader?",
+                "stop c1-aaaaaaa",
+                "c2-bbbbbbb leader?",
+                "rm c1-aaaaaaa"
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_eq!(ran.bots, ["c2-bbbbbbb bbbbbbb running"]);
     }
 
     #[test]

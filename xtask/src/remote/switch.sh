@@ -104,6 +104,7 @@ handover() {
 		return 1
 	fi
 	pause health
+	# (A leading new bot makes the standby wait last its whole TIMEOUT before the check below.)
 	if [ -n "$old" ] && ! wait_for "$new" standby; then
 		# A new bot that leads already found nobody leading: the old one was not serving.
 		if ! docker exec "$new" lattice-bot healthcheck --wait leader --timeout 1 >/dev/null 2>&1; then
@@ -125,6 +126,7 @@ handover() {
 		return 0
 	fi
 	docker logs --tail 40 "$new" >.switch.bot-logs 2>&1 || true
+	# Stopped first, so whatever it took (lock, session) is handed back as the old one's would be.
 	docker stop "$new" >/dev/null || true
 	docker rm --force "$new" >/dev/null
 	if [ -n "$old" ]; then
