@@ -266,7 +266,7 @@ mod tests {
             "pull --policy missing",
             "run --rm --no-TTY bot migrate",
             "ln -sfn releases/0123456789abcdef0123456789abcdef01234567 current.new && mv -T current.new current",
-            "ps --quiet --status running bot",
+            "docker ps --quiet --filter label=com.docker.compose.project=lattice",
             "up --detach --no-recreate --remove-orphans --scale",
             "healthcheck --wait standby --timeout 90",
             "docker stop",

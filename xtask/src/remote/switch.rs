@@ -78,8 +78,7 @@ impl Switch {
         let unhealthy = record(self.action, sha, Outcome::Unhealthy).to_string();
         let mut lines = vec![
             layout.switch(sha).to_string(),
-            ["<old> = ", &layout.compose(sha, &["ps", "--quiet", "--status", "running", "bot"]).to_string()]
-                .concat(),
+            ["<old> = ", &running_bots(layout).to_string()].concat(),
             layout
                 .compose(
                     sha,
@@ -163,6 +162,16 @@ impl Switch {
     }
 }
 
+/// The project's running bot containers, as the switch script finds them (`bots` there): by
+/// Compose's labels, one-off `run` containers left out.
+fn running_bots(layout: &Layout) -> Cmd {
+    Cmd::of("docker ps --quiet")
+        .arg("--filter")
+        .arg(["label=com.docker.compose.project=", &layout.settings.compose_project].concat())
+        .args(["--filter", "label=com.docker.compose.service=bot"])
+        .args(["--filter", "label=com.docker.compose.oneoff=False"])
+}
+
 impl Switch {
     /// The switch of a deploy or rollback to `sha` started at `started`, with the project's
     /// timeout and test hook.
@@ -214,8 +223,6 @@ case "$1" in
 compose)
 	rel=$(echo "$*" | sed -n 's,.*releases/\([^/]*\)/base.yml.*,\1,p')
 	case "$*" in
-	*" ps "*"--status running"*) sed -n 's/^\([^ ]*\) [^ ]* running$/\1/p' "$state" ;;
-	*" ps "*) cut -d' ' -f1 "$state" ;;
 	*" up "*) echo "c$(($(wc -l <"$state") + 1))-$rel $rel running" >>"$state" ;;
 	esac
 	;;
@@ -225,6 +232,10 @@ exec)
 	grep -q "^$2 .* running$" "$state" || exit 1
 	for sha in $list; do [ "$sha" = "$rel" ] && exit 0; done
 	exit 1
+	;;
+ps)
+	case "$2" in --quiet) ;; *) exit 1 ;; esac
+	case "$3" in --all) cut -d' ' -f1 "$state" ;; *) sed -n 's/^\([^ ]*\) [^ ]* running$/\1/p' "$state" ;; esac
 	;;
 stop) shift; for id; do set_state "$id" stopped; done ;;
 start) shift; for id; do set_state "$id" running; done ;;
@@ -457,14 +468,14 @@ esac
         let story = switch.story(&layout);
         let ran = run_switch(Some("aaaaaaa"), &["bbbbbbb"], &["bbbbbbb"]);
         let words = |cmd: Cmd| cmd.arguments().join(" ");
-        let running = words(layout.compose("bbbbbbb", &["ps", "--quiet", "--status", "running", "bot"]));
+        let running = words(running_bots(&layout));
         let up = words(layout.compose(
             "bbbbbbb",
             &["up", "--detach", "--no-recreate", "--remove-orphans", "--scale", "bot=2"],
         ));
         assert!(ran.calls.contains(&running) && ran.calls.contains(&up), "{:#?}", ran.calls);
         for shown in [
-            "ps --quiet --status running bot",
+            "docker ps --quiet --filter label=com.docker.compose.project=lattice",
             "up --detach --no-recreate --remove-orphans --scale",
             "healthcheck --wait standby --timeout 5",
             "docker stop",

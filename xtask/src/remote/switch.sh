@@ -55,12 +55,11 @@ pause() {
 	fi
 }
 
-# The project's bot containers (never the one-off `run` ones), by id: the running ones, or all.
+# The project's bot containers by the labels Compose gives them (never the one-off `run` ones, like
+# a migration's), by id: the running ones, or all (`--all`).
 bots() {
-	compose "$1" ps --quiet --status running bot
-}
-all_bots() {
-	compose "$1" ps --quiet --all bot
+	docker ps --quiet "$@" --filter "label=com.docker.compose.project=$project" \
+		--filter label=com.docker.compose.service=bot --filter label=com.docker.compose.oneoff=False
 }
 
 # Whether id $1 is one of the ids in $2.
@@ -88,16 +87,16 @@ wait_for() {
 #   4. the new one must lead with its gateway READY/RESUMED; then the old one is removed.
 # With no old bot running (the first deploy, or the old one crashed) the new one leads at once.
 handover() {
-	old=$(bots "$1")
+	old=$(bots)
 	# Stopped or restarting bot containers serve nobody, and `up` would count and start them.
-	for id in $(all_bots "$1"); do
+	for id in $(bots --all); do
 		among "$id" "$old" || docker rm --force "$id" >/dev/null
 	done
 	echo "start $1 beside the running bot"
 	compose "$1" up --detach --no-recreate --remove-orphans --scale "bot=$(($(echo "$old" | wc -w) + 1))" ||
 		echo "starting $1 failed"
 	new=
-	for id in $(all_bots "$1"); do
+	for id in $(bots --all); do
 		among "$id" "$old" || new=$id
 	done
 	if [ -z "$new" ]; then
