@@ -358,10 +358,18 @@ esac
         assert_eq!(l.who, "ann_on_laptop");
     }
 
+    /// `bbbbbbb` recorded unhealthy, switched back to `aaaaaaa`, whose bot alone runs and leads.
+    fn assert_switched_back(ran: &Ran) {
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
+        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
+        let got: Vec<(&str, &str, &str)> =
+            ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
+        assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
+    }
+
     #[test]
     fn a_new_bot_that_never_stands_by_is_removed_and_the_old_one_never_stopped() {
         let ran = run_switch(Some("aaaaaaa"), &["aaaaaaa"], &["aaaaaaa"]);
-        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
         assert_eq!(
             handover_steps(&ran.calls),
             [
@@ -374,10 +382,7 @@ esac
             "{:#?}",
             ran.calls
         );
-        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
-        let got: Vec<(&str, &str, &str)> =
-            ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
-        assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
+        assert_switched_back(&ran);
         let ran = run_switch(None, &[], &[]);
         assert_eq!((ran.result.as_str(), ran.current.as_str()), ("no-previous", "releases/bbbbbbb"));
     }
@@ -385,7 +390,6 @@ esac
     #[test]
     fn a_new_bot_that_fails_after_taking_over_is_removed_and_the_old_one_started_again() {
         let ran = run_switch(Some("aaaaaaa"), &["aaaaaaa", "bbbbbbb"], &["aaaaaaa"]);
-        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
         assert_eq!(
             handover_steps(&ran.calls),
             [
@@ -401,10 +405,7 @@ esac
             "{:#?}",
             ran.calls
         );
-        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
-        let got: Vec<(&str, &str, &str)> =
-            ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
-        assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
+        assert_switched_back(&ran);
     }
 
     #[test]
