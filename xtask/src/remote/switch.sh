@@ -16,9 +16,9 @@
 # is started by the new release's own files with `up --no-recreate --scale bot=<running + 1>`, so
 # Compose keeps the old container as it is and creates one more container of the same service
 # (lattice-bot-<n+1>) from the new files. It carries the service's labels, so `compose ps`,
-# `compose logs bot` (status, logs), `run --rm bot migrate` and the next switch find it like any
-# other; a `compose run` container is a one-off that `logs` and the next `up` ignore, and a second
-# project would need the network and volume shared by hand. The old container is then stopped and
+# `compose logs bot` (status, logs) and the next switch find it like any other; a `compose run`
+# container is a one-off (labelled so), not one of the service's containers, and a second project
+# would need the network and volume shared by hand. The old container is then stopped and
 # removed by id with plain `docker`, which Compose takes as the service scaled back to one.
 set -eu
 sha=$1 previous=$2 action=$3 timeout=$4 who=$5 elapsed=$6 project=$7 image=$8 pause=$9
@@ -71,7 +71,7 @@ among() {
 # (standby) or leads with its gateway READY/RESUMED (leader), non-zero at TIMEOUT.
 wait_for() {
 	echo "wait up to $timeout s for $1 to be $2"
-	docker exec "$1" lattice-bot healthcheck --wait "$2" --timeout "$timeout"
+	docker exec "$1" lattice-bot healthcheck --wait "$2" --timeout "$timeout" >/dev/null
 }
 
 # Make-before-break handover to release $1. Sets `old` (the bot containers that ran before) and
