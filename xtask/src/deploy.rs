@@ -10,11 +10,12 @@
 //!     problem is listed at once. Then, over one SSH connection: check the server's `.env` has every
 //!     app variable (names only), take the lock, upload the release's own compose files, pull,
 //!     migrate (`compose run --rm bot migrate`; a failure stops here and the running release is left
-//!     untouched), switch `current` and wait until healthy (unhealthy: switch back to the previous
-//!     release, record both, fail with the new container's last log lines), record in
+//!     untouched), switch `current` and hand the bot over make-before-break until the new one
+//!     leads (it never did: switch back to the previous release, whose bot serves again, record
+//!     both, fail with the new container's last log lines), record in
 //!     `deploys.log`, prune releases beyond `releases_kept`. The server never builds.
 //!
-//!     The switch, health wait, switch-back and record are one script (`.switch.sh`) that the lock's
+//!     The switch, handover, switch-back and record are one script (`.switch.sh`) that the lock's
 //!     own ssh session starts detached (`setsid nohup`): it inherits the locked file descriptor, so
 //!     a killed client can neither cut a switch in half nor free the lock before `current`, the
 //!     running container and `deploys.log` agree again. The client follows its log (`.switch.log`).
@@ -262,7 +263,11 @@ mod tests {
             "pull --policy missing",
             "run --rm --no-TTY bot migrate",
             "ln -sfn releases/0123456789abcdef0123456789abcdef01234567 current.new && mv -T current.new current",
-            "up --detach --wait --wait-timeout 90",
+            "docker ps --quiet --filter label=com.docker.compose.project=lattice",
+            "up --detach --no-recreate --remove-orphans --scale",
+            "healthcheck --wait standby --timeout 90",
+            "docker stop",
+            "healthcheck --wait leader --timeout 90",
             ">> deploys.log",
             "setsid nohup sh .switch.sh",
             "-f .switch.log",

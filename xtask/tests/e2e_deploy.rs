@@ -386,6 +386,19 @@ impl Harness {
         stdout(Command::new("docker").args(["inspect", "--format", format, container]))
     }
 
+    /// The container's Docker health once it has one: the switch ends when the new bot leads, which
+    /// can be before Docker's first health interval, so `starting` is waited out (bounded).
+    fn health(&self, container: &str) -> String {
+        for _ in 0..60 {
+            let health = self.inspect(container, "{{.State.Health.Status}}");
+            if health != "starting" {
+                return health;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        "starting".into()
+    }
+
     fn applied_schema_head(&self) -> String {
         let postgres = self.container("postgres");
         stdout(Command::new("docker").args([
@@ -405,7 +418,7 @@ impl Harness {
     fn assert_serving(&self, sha: &str) {
         let bot = self.container("bot");
         assert_eq!(self.inspect(&bot, "{{.Config.Image}}"), format!("{}:{sha}", self.image));
-        assert_eq!(self.inspect(&bot, "{{.State.Health.Status}}"), "healthy");
+        assert_eq!(self.health(&bot), "healthy");
         assert_eq!(
             std::fs::read_link(self.home.join(&self.deploy_path).join("current")).unwrap(),
             PathBuf::from(format!("releases/{sha}"))
@@ -478,7 +491,7 @@ impl Harness {
             release_env.trim(),
             "the running bot is not the release `current` points at"
         );
-        assert_eq!(self.inspect(&bot, "{{.State.Health.Status}}"), "healthy");
+        assert_eq!(self.health(&bot), "healthy");
         for line in self.server_file("deploys.log").lines() {
             assert_eq!(line.split_whitespace().count(), 7, "incomplete history line: {line:?}");
         }
@@ -675,6 +688,7 @@ fn e2e_deploy_pulls_migrates_and_serves(h: &mut Harness) {
     assert!(deployed.contains("Pulled"), "the server did not pull A from the registry:\n{deployed}");
     h.assert_serving(&sha_a);
     assert_eq!(h.applied_schema_head(), h.schema_head().to_string(), "A's migrations are applied");
+    assert_eq!(h.health(&h.container("bot")), "healthy");
     let status = h.xtask_ok(&["status"]);
     assert!(status.contains(&format!("current:  {sha_a}")), "{status}");
     assert!(status.contains("bot") && status.contains("healthy"), "{status}");
@@ -776,19 +790,21 @@ fn e2e_a_failing_migration_switches_nothing(h: &mut Harness) {
 fn e2e_an_unhealthy_release_is_switched_back(h: &mut Harness) {
     let sha_b = h.fact("b");
     h.git(&["reset", "--quiet", "--hard", &sha_b]);
+    // A bot that refuses its configuration never becomes a standby (`healthcheck --wait standby`
+    // reads the same setting), while its migrations still run: the switch is where it fails.
     let dockerfile = h.clone.join("bot/Dockerfile");
     let text = std::fs::read_to_string(&dockerfile).unwrap();
-    let healthcheck = "CMD [\"lattice-bot\", \"healthcheck\"]";
-    assert!(text.contains(healthcheck), "bot/Dockerfile's HEALTHCHECK changed shape; update this test");
-    std::fs::write(&dockerfile, text.replace(healthcheck, "CMD [\"false\"]")).unwrap();
-    h.git(&["commit", "--quiet", "-am", "D: an image that is never healthy"]);
+    let cmd = "CMD [\"run\"]";
+    assert!(text.contains(cmd), "bot/Dockerfile's CMD changed shape; update this test");
+    std::fs::write(&dockerfile, text.replace(cmd, &["ENV HTTP_PORT=0\n", cmd].concat())).unwrap();
+    h.git(&["commit", "--quiet", "-am", "D: an image whose bot never stands by"]);
     let sha_d = h.git(&["rev-parse", "HEAD"]);
     let out = h.xtask_with(&["release"], &[("LATTICE_HEALTH_TIMEOUT_SECS", "60")]);
     let text = show(&out);
     assert!(!out.status.success(), "an unhealthy release succeeded:\n{text}");
     assert!(text.contains(&format!("switched back to {sha_b}, which serves again")), "{text}");
     let last_lines = text.split("last log lines:").nth(1).unwrap_or("");
-    assert!(last_lines.lines().any(|l| l.contains("bot")), "no container log lines shown:\n{text}");
+    assert!(last_lines.lines().any(|l| l.contains("HTTP_PORT")), "no container log lines shown:\n{text}");
     h.assert_serving(&sha_b);
     let history = h.history();
     assert_eq!(

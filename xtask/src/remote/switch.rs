@@ -1,5 +1,6 @@
-//! The switch: point `current` at a release, bring it up, wait until healthy, record; unhealthy,
-//! switch back to the previous release and record that too.
+//! The switch: point `current` at a release, hand the bot over to it make-before-break (its bot
+//! started beside the old one, a ready standby, the old one stopped, the new one leads), record;
+//! failed, switch back to the previous release, whose bot serves again, and record that too.
 //!
 //! **Architecture Invariant:** the switch protocol. All of it is one script (switch.sh), uploaded
 //! as `.switch.sh` and started by the lock's own session, detached (`setsid nohup`): it inherits
@@ -52,12 +53,15 @@ impl Switch {
         ]
     }
 
-    /// What the script will run for these arguments, for the plan: the switch, the health wait
-    /// and the record, and the way back.
+    /// What the script will run for these arguments, for the plan: the make-before-break
+    /// handover, the record, and the way back.
     fn story(&self, layout: &Layout) -> String {
         let timeout = self.timeout_secs.to_string();
-        let up = |sha: &str| {
-            layout.compose(sha, &["up", "--detach", "--wait", "--wait-timeout", &timeout, "--remove-orphans"])
+        let wait = |container: &str, state: &str| {
+            Cmd::of("docker exec")
+                .arg(container)
+                .args(["lattice-bot", "healthcheck", "--wait", state, "--timeout", &timeout])
+                .to_string()
         };
         let record = |action: Action, sha: &str, outcome: Outcome| {
             Cmd::new("echo")
@@ -68,25 +72,42 @@ impl Switch {
                 .append_to(HISTORY)
         };
         let sha = self.sha.as_str();
+        let keep_logs = Cmd::of("docker logs --tail 40").arg("<new>").write_to(SWITCH_BOT_LOGS).to_string();
+        let drop_new = Cmd::of("docker rm --force").arg("<new>").to_string();
+        let start_old = Cmd::of("docker start").arg("<old>").to_string();
+        let unhealthy = record(self.action, sha, Outcome::Unhealthy).to_string();
         let mut lines = vec![
             layout.switch(sha).to_string(),
-            up(sha).to_string(),
-            ["healthy: ", &record(self.action, sha, Outcome::Ok).to_string()].concat(),
+            ["<old> = ", &running_bots(layout).to_string()].concat(),
+            layout
+                .compose(
+                    sha,
+                    &["up", "--detach", "--no-recreate", "--remove-orphans", "--scale", "bot=<old + 1>"],
+                )
+                .to_string(),
+            wait("<new>", "standby"),
             [
-                "unhealthy: ",
-                &layout
-                    .compose(sha, &["logs", "--no-color", "--tail", "40", "bot"])
-                    .write_to(SWITCH_BOT_LOGS)
-                    .to_string(),
-                "; ",
-                &record(self.action, sha, Outcome::Unhealthy).to_string(),
+                &Cmd::of("docker stop").arg("<old>").to_string(),
+                "   # SIGTERM, its stop grace period: it hands over (no <old>: the new one leads at once)",
             ]
             .concat(),
+            wait("<new>", "leader"),
+            [
+                "leads: ",
+                &Cmd::of("docker rm <old>").to_string(),
+                "; ",
+                &record(self.action, sha, Outcome::Ok).to_string(),
+            ]
+            .concat(),
+            ["never a standby: ", &keep_logs, "; ", &drop_new, "; ", &unhealthy, "   # <old> never stopped"]
+                .concat(),
+            ["fails after taking over: ", &keep_logs, "; ", &drop_new, "; ", &start_old, "; ", &unhealthy]
+                .concat(),
         ];
         match self.previous.as_deref().filter(|p| *p != sha) {
             Some(previous) => lines.extend([
                 ["then back: ", &layout.switch(previous).to_string()].concat(),
-                up(previous).to_string(),
+                wait("<old>", "leader"),
                 record(Action::SwitchBack, previous, Outcome::Ok).to_string(),
             ]),
             None => lines.push("then: no previous release to switch back to".into()),
@@ -103,7 +124,7 @@ impl Switch {
         let (sha, timeout) = (&self.sha, self.timeout_secs);
         let args = self.args(layout);
         plan.note(&format!(
-            "switch current to {sha} and wait up to {timeout} s for it to be healthy: {SWITCH_SCRIPT} (switch.sh) runs\n{}",
+            "switch current to {sha} and hand the bot over to it, waiting up to {timeout} s per step: {SWITCH_SCRIPT} (switch.sh) runs\n{}",
             self.story(layout)
         ));
         server.run_with_input(
@@ -137,8 +158,18 @@ impl Switch {
         let logs = server
             .read(Cmd::of("tail -n 40").arg(SWITCH_BOT_LOGS).without_errors().or(Cmd::of("true")))
             .unwrap_or_default();
-        bail!("{sha} did not become healthy within {timeout} s; {back}. Its last log lines:\n{logs}")
+        bail!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
     }
+}
+
+/// The project's running bot containers, as the switch script finds them (`bots` there): by
+/// Compose's labels, one-off `run` containers left out.
+fn running_bots(layout: &Layout) -> Cmd {
+    Cmd::of("docker ps --quiet")
+        .arg("--filter")
+        .arg(["label=com.docker.compose.project=", &layout.settings.compose_project].concat())
+        .args(["--filter", "label=com.docker.compose.service=bot"])
+        .args(["--filter", "label=com.docker.compose.oneoff=False"])
 }
 
 impl Switch {
@@ -178,28 +209,65 @@ mod tests {
     use super::*;
     use crate::{remote::history, settings::Settings};
 
-    /// A `docker` for the switch script: `up` succeeds for the releases in FAKE_DOCKER_HEALTHY,
-    /// every call is logged to FAKE_DOCKER_CALLS.
+    /// A `docker` for the switch script, with containers: FAKE_DOCKER_STATE holds one line per bot
+    /// container, `id release running|stopped`; `up` adds one of its release, `stop`, `start` and
+    /// `rm` change them. A container becomes a standby when its release is in FAKE_DOCKER_STANDBY
+    /// and leads when it is in FAKE_DOCKER_LEADS. Every call is logged to FAKE_DOCKER_CALLS.
     const FAKE_DOCKER: &str = r#"#!/bin/sh
 echo "$*" >>"$FAKE_DOCKER_CALLS"
-case "$*" in
-*inspect*) echo reg/bot@sha256:abc ;;
-*logs*) echo 'panic: no gateway' ;;
-*" up "*)
-	for sha in $FAKE_DOCKER_HEALTHY; do
-		case "$*" in *"releases/$sha/"*) exit 0 ;; esac
-	done
+state=$FAKE_DOCKER_STATE
+touch "$state"
+release() { sed -n "s/^$1 \([^ ]*\) .*/\1/p" "$state"; }
+set_state() { sed -i "s/^\($1 [^ ]*\) .*/\1 $2/" "$state"; }
+case "$1" in
+compose)
+	rel=$(echo "$*" | sed -n 's,.*releases/\([^/]*\)/base.yml.*,\1,p')
+	case "$*" in
+	*" up "*) echo "c$(($(wc -l <"$state") + 1))-$rel $rel running" >>"$state" ;;
+	esac
+	;;
+exec)
+	rel=$(release "$2")
+	case "$*" in *"--wait standby"*) list=$FAKE_DOCKER_STANDBY ;; *) list=$FAKE_DOCKER_LEADS ;; esac
+	grep -q "^$2 .* running$" "$state" || exit 1
+	for sha in $list; do [ "$sha" = "$rel" ] && exit 0; done
 	exit 1
 	;;
+ps)
+	case "$2" in --quiet) ;; *) exit 1 ;; esac
+	case "$3" in --all) cut -d' ' -f1 "$state" ;; *) sed -n 's/^\([^ ]*\) [^ ]* running$/\1/p' "$state" ;; esac
+	;;
+stop) shift; for id; do set_state "$id" stopped; done ;;
+start) shift; for id; do set_state "$id" running; done ;;
+rm) shift; for id; do [ "$id" = --force ] || sed -i "/^$id /d" "$state"; done ;;
+logs) echo 'panic: no gateway' ;;
+image) echo reg/bot@sha256:abc ;;
 esac
 "#;
 
-    /// Runs the switch script in a temp dir with the fake `docker`; returns the history as
-    /// parsed, the result file, `current` and the docker calls.
-    fn run_switch(
+    /// What one run of the switch script left: the history as parsed, the result file,
+    /// `current`, the docker calls and the bot containers (`id release state`).
+    struct Ran {
+        lines: Vec<history::Line>,
+        result: String,
+        current: String,
+        calls: Vec<String>,
+        bots: Vec<String>,
+    }
+
+    /// Runs the switch script to `bbbbbbb` in a temp dir with the fake `docker`; `previous` runs
+    /// as container `c1-<previous>` before (none without a previous release).
+    fn run_switch(previous: Option<&str>, standby: &[&str], leads: &[&str]) -> Ran {
+        run_switch_with(previous, previous, standby, leads)
+    }
+
+    /// [`run_switch`] with the release whose bot runs before given apart (`None`: no bot runs).
+    fn run_switch_with(
         previous: Option<&str>,
-        healthy: &[&str],
-    ) -> (Vec<history::Line>, String, String, Vec<String>) {
+        running: Option<&str>,
+        standby: &[&str],
+        leads: &[&str],
+    ) -> Ran {
         let sh = xshell::Shell::new().unwrap();
         let dir = sh.create_temp_dir().unwrap();
         let d = dir.path();
@@ -207,6 +275,8 @@ esac
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("docker"), FAKE_DOCKER).unwrap();
         std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let running = running.map(|p| format!("c1-{p} {p} running\n")).unwrap_or_default();
+        std::fs::write(d.join("bots"), running).unwrap();
         let layout = Layout::new(&Settings::default());
         let switch = Switch {
             sha: "bbbbbbb".into(),
@@ -225,25 +295,58 @@ esac
             .args(switch.args(&layout))
             .current_dir(d)
             .env("PATH", path)
-            .env("FAKE_DOCKER_HEALTHY", healthy.join(" "))
+            .env("FAKE_DOCKER_STATE", d.join("bots"))
+            .env("FAKE_DOCKER_STANDBY", standby.join(" "))
+            .env("FAKE_DOCKER_LEADS", leads.join(" "))
             .env("FAKE_DOCKER_CALLS", d.join("calls"))
             .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(status.success());
-        let log = std::fs::read_to_string(d.join(HISTORY)).unwrap();
-        let result = std::fs::read_to_string(d.join(SWITCH_RESULT)).unwrap().trim().to_string();
-        let current = std::fs::read_link(d.join("current")).unwrap().display().to_string();
-        let calls = std::fs::read_to_string(d.join("calls")).unwrap().lines().map(str::to_string).collect();
-        (history::parse(&log), result, current, calls)
+        let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
+        let lines = |text: String| text.lines().map(str::to_string).collect();
+        Ran {
+            lines: history::parse(&read(HISTORY)),
+            result: read(SWITCH_RESULT).trim().to_string(),
+            current: std::fs::read_link(d.join("current")).unwrap().display().to_string(),
+            calls: lines(read("calls")),
+            bots: lines(read("bots")),
+        }
+    }
+
+    /// The docker calls that start, wait for, stop and remove bots, shortened: compose `up` as
+    /// `up <release>`, `exec <id> … --wait <state>` as `<id> <state>?`.
+    fn handover_steps(calls: &[String]) -> Vec<String> {
+        calls
+            .iter()
+            .filter_map(|c| {
+                let words: Vec<&str> = c.split_whitespace().collect();
+                match words[..] {
+                    ["compose", ..] if words.contains(&"up") => {
+                        let release = c.split("releases/").nth(1)?.split('/').next()?;
+                        Some(["up ", release].concat())
+                    }
+                    ["exec", id, .., "--wait", state, "--timeout", _] => Some([id, " ", state, "?"].concat()),
+                    ["stop" | "start" | "rm", ..] => Some(c.clone()),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     #[test]
-    fn the_switch_script_records_a_healthy_switch() {
-        let (lines, result, current, _) = run_switch(Some("aaaaaaa"), &["bbbbbbb"]);
-        assert_eq!((result.as_str(), current.as_str()), ("healthy", "releases/bbbbbbb"));
-        assert_eq!(lines.len(), 1);
-        let l = &lines[0];
+    fn the_switch_starts_the_new_bot_beside_the_old_and_stops_the_old_once_the_new_stands_by() {
+        let ran = run_switch(Some("aaaaaaa"), &["aaaaaaa", "bbbbbbb"], &["aaaaaaa", "bbbbbbb"]);
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("healthy", "releases/bbbbbbb"));
+        assert_eq!(
+            handover_steps(&ran.calls),
+            ["up bbbbbbb", "c2-bbbbbbb standby?", "stop c1-aaaaaaa", "c2-bbbbbbb leader?", "rm c1-aaaaaaa"],
+            "{:#?}",
+            ran.calls
+        );
+        assert_eq!(ran.bots, ["c2-bbbbbbb bbbbbbb running"]);
+        assert_eq!(ran.lines.len(), 1);
+        let l = &ran.lines[0];
         assert_eq!(
             (l.action.as_str(), l.sha.as_str(), l.digest.as_str()),
             ("deploy", "bbbbbbb", "reg/bot@sha256:abc")
@@ -255,29 +358,131 @@ esac
         assert_eq!(l.who, "ann_on_laptop");
     }
 
-    #[test]
-    fn the_switch_script_switches_back_when_unhealthy_and_records_both() {
-        let (lines, result, current, _) = run_switch(Some("aaaaaaa"), &["aaaaaaa"]);
-        assert_eq!((result.as_str(), current.as_str()), ("back-ok", "releases/aaaaaaa"));
+    /// `bbbbbbb` recorded unhealthy, switched back to `aaaaaaa`, whose bot alone runs and leads.
+    fn assert_switched_back(ran: &Ran) {
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
+        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
         let got: Vec<(&str, &str, &str)> =
-            lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
+            ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
         assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "ok")]);
-        let (_, result, current, _) = run_switch(None, &[]);
-        assert_eq!((result.as_str(), current.as_str()), ("no-previous", "releases/bbbbbbb"));
+    }
+
+    #[test]
+    fn a_new_bot_that_never_stands_by_is_removed_and_the_old_one_never_stopped() {
+        let ran = run_switch(Some("aaaaaaa"), &["aaaaaaa"], &["aaaaaaa"]);
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c2-bbbbbbb standby?",
+                "c2-bbbbbbb leader?",
+                "rm --force c2-bbbbbbb",
+                "c1-aaaaaaa leader?"
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_switched_back(&ran);
+        let ran = run_switch(None, &[], &[]);
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("no-previous", "releases/bbbbbbb"));
+    }
+
+    #[test]
+    fn a_new_bot_that_fails_after_taking_over_is_removed_and_the_old_one_started_again() {
+        let ran = run_switch(Some("aaaaaaa"), &["aaaaaaa", "bbbbbbb"], &["aaaaaaa"]);
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c2-bbbbbbb standby?",
+                "stop c1-aaaaaaa",
+                "c2-bbbbbbb leader?",
+                "stop c2-bbbbbbb",
+                "rm --force c2-bbbbbbb",
+                "start c1-aaaaaaa",
+                "c1-aaaaaaa leader?",
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_switched_back(&ran);
+    }
+
+    #[test]
+    fn with_no_bot_running_the_new_one_leads_at_once_and_a_switch_back_starts_the_previous_one() {
+        let first = run_switch(None, &[], &["bbbbbbb"]);
+        assert_eq!(first.result, "healthy");
+        assert_eq!(handover_steps(&first.calls), ["up bbbbbbb", "c1-bbbbbbb leader?"], "{:#?}", first.calls);
+        // The previous release's bot had crashed: nothing to keep serving, so the way back is a
+        // handover to the previous release like any other.
+        let ran = run_switch_with(Some("aaaaaaa"), None, &[], &["aaaaaaa"]);
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-ok", "releases/aaaaaaa"));
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c1-bbbbbbb leader?",
+                "stop c1-bbbbbbb",
+                "rm --force c1-bbbbbbb",
+                "up aaaaaaa",
+                "c1-aaaaaaa leader?"
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_eq!(ran.bots, ["c1-aaaaaaa aaaaaaa running"]);
+    }
+
+    #[test]
+    fn a_new_bot_that_leads_at_once_because_the_old_one_did_not_lead_is_kept() {
+        // The rollback from a release whose bot runs but never leads (e.g. it lost its database).
+        let ran = run_switch(Some("aaaaaaa"), &[], &["bbbbbbb"]);
+        assert_eq!(ran.result, "healthy");
+        assert_eq!(
+            handover_steps(&ran.calls),
+            [
+                "up bbbbbbb",
+                "c2-bbbbbbb standby?",
+                "c2-bbbbbbb leader?",
+                "stop c1-aaaaaaa",
+                "c2-bbbbbbb leader?",
+                "rm c1-aaaaaaa"
+            ],
+            "{:#?}",
+            ran.calls
+        );
+        assert_eq!(ran.bots, ["c2-bbbbbbb bbbbbbb running"]);
     }
 
     #[test]
     fn the_script_runs_the_compose_commands_the_plan_shows() {
         let layout = Layout::new(&Settings::default());
-        let (_, _, _, calls) = run_switch(Some("aaaaaaa"), &["aaaaaaa"]);
-        let words = |cmd: Cmd| cmd.arguments().join(" ");
-        let up = |sha| {
-            words(
-                layout.compose(sha, &["up", "--detach", "--wait", "--wait-timeout", "5", "--remove-orphans"]),
-            )
+        let switch = Switch {
+            sha: "bbbbbbb".into(),
+            previous: Some("aaaaaaa".into()),
+            action: Action::Deploy,
+            timeout_secs: 5,
+            who: "ann".into(),
+            elapsed_secs: 0,
+            pause_at: None,
         };
-        let logs = words(layout.compose("bbbbbbb", &["logs", "--no-color", "--tail", "40", "bot"]));
-        let compose: Vec<&String> = calls.iter().filter(|c| c.starts_with("compose")).collect();
-        assert_eq!(compose, [&up("bbbbbbb"), &logs, &up("aaaaaaa")], "{calls:#?}");
+        let story = switch.story(&layout);
+        let ran = run_switch(Some("aaaaaaa"), &["bbbbbbb"], &["bbbbbbb"]);
+        let words = |cmd: Cmd| cmd.arguments().join(" ");
+        let running = words(running_bots(&layout));
+        let up = words(layout.compose(
+            "bbbbbbb",
+            &["up", "--detach", "--no-recreate", "--remove-orphans", "--scale", "bot=2"],
+        ));
+        assert!(ran.calls.contains(&running) && ran.calls.contains(&up), "{:#?}", ran.calls);
+        for shown in [
+            "docker ps --quiet --filter label=com.docker.compose.project=lattice",
+            "up --detach --no-recreate --remove-orphans --scale",
+            "healthcheck --wait standby --timeout 5",
+            "docker stop",
+            "healthcheck --wait leader --timeout 5",
+        ] {
+            assert!(story.contains(shown), "{shown:?} not in:\n{story}");
+        }
     }
 }
