@@ -2,18 +2,27 @@
 //!     cargo xtask deploy — put a release that is already in the registry on the server.
 //!
 //! SYNOPSIS
-//!     cargo xtask deploy --sha <git sha> [--lock-wait SECS] [--dry-run]
+//!     cargo xtask deploy --sha <git sha> [--lock-wait SECS] [--allow-older] [--dry-run]
 //!
 //! DESCRIPTION
 //!     Preflight, locally and without touching the server: the sha names a commit, its image is in
 //!     the registry, that commit's compose overlays are valid, the SSH settings are complete. Every
 //!     problem is listed at once. Then, over one SSH connection: check the server's `.env` has every
-//!     app variable (names only), take the lock, upload the release's own compose files, pull,
-//!     migrate (`compose run --rm bot migrate`; a failure stops here and the running release is left
-//!     untouched), switch `current` and hand the bot over make-before-break until the new one
-//!     leads (it never did: switch back to the previous release, whose bot serves again, record
-//!     both, fail with the new container's last log lines), record in
-//!     `deploys.log`, prune releases beyond `releases_kept`. The server never builds.
+//!     app variable (names only), take the lock, refuse a commit that is an ancestor of the running
+//!     release (deploys go forward; `rollback` goes back, or `--allow-older`), upload the release's own compose files, pull,
+//!     compare the migrations the image carries (label `lattice.schema.head`) with those the
+//!     database has: when it has them all, neither snapshot nor migration; otherwise snapshot the
+//!     database (`pg_dump -Fc` into `<deploy_path>/snapshots`, the newest `snapshots_kept` kept)
+//!     and migrate (`compose run --rm bot migrate`; a failure stops here and the running release
+//!     is left untouched). Then switch `current` and hand the bot over make-before-break until the
+//!     new one leads (it never did: switch back to the previous release, whose bot serves again,
+//!     record both, fail with the new container's last log lines), record in `deploys.log`, prune
+//!     releases beyond `releases_kept`. The server never builds.
+//!
+//!     The switch-back asks what rollback asks: when the database now has migrations the previous
+//!     release's code does not know and that are not declared backward-compatible, that code is
+//!     not started again (a bot of it still serving is stopped); the error names the snapshot and
+//!     the way back: `cargo xtask restore <snapshot> --yes`, then `cargo xtask rollback --sha <previous>`.
 //!
 //!     The switch, handover, switch-back and record are one script (`.switch.sh`) that the lock's
 //!     own ssh session starts detached (`setsid nohup`): it inherits the locked file descriptor, so
@@ -35,12 +44,19 @@ use crate::{
     plan::{Cmd, Line, Plan},
     project::Project,
     registry,
-    remote::{history, pause_at, who, Action, Server, Sha, Switch},
+    remote::{
+        connection_lost, history, pause_at,
+        schema::{self, blocking_migrations, versions, LABEL_COMPATIBLE},
+        who, Action, Server, Sha, Switch, SwitchBack,
+    },
 };
+
+/// Pulls with registry credentials that live only for the pull (see the script's header).
+const PULL_SH: &str = include_str!("remote/pull.sh");
 
 impl flags::Deploy {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
-        deploy(plan, project, &self.sha, self.lock_wait)
+        deploy(plan, project, &self.sha, self.lock_wait, self.allow_older)
     }
 }
 
@@ -73,16 +89,28 @@ fn preflight<'p, 'a>(
     };
     if let Some(files) = &files {
         let repository = &project.settings.image;
+        let mut logged_in = true;
         if let Some(login) = registry::login(&project.env, repository) {
-            plan.run(login)?;
+            if let Err(stderr) = plan.attempt(login)? {
+                // One of the problems, not the end of preflight: the others are listed with it.
+                let said = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("no output");
+                problems.push(format!(
+                    "docker login to {host} failed ({said}): check REGISTRY_USER and REGISTRY_PASSWORD (a token that \
+                     may read the repository) and that {host} is reachable",
+                    host = registry::host(repository)
+                ));
+                logged_in = false;
+            }
         }
         let image = format!("{repository}:{}", files.sha);
         let mut inspect = Cmd::of("docker manifest inspect");
         if registry::is_loopback(repository) {
             inspect = inspect.arg("--insecure");
         }
-        if let Err(stderr) = plan.attempt(inspect.arg(&image))? {
-            problems.push(registry::manifest_problem(&image, &stderr));
+        if logged_in {
+            if let Err(stderr) = plan.attempt(inspect.arg(&image))? {
+                problems.push(registry::manifest_problem(&image, &stderr));
+            }
         }
         validate_overlays(plan, project, files, &mut problems)?;
     }
@@ -151,7 +179,13 @@ fn validate_overlays(
     Ok(())
 }
 
-pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>) -> Result<()> {
+pub fn deploy(
+    plan: &Plan,
+    project: &Project,
+    sha: &str,
+    lock_wait: Option<u64>,
+    allow_older: bool,
+) -> Result<()> {
     let started = Instant::now();
     let (server, files) = preflight(plan, project, sha)?;
     let Some(files) = files else { bail!("preflight failed") };
@@ -160,14 +194,18 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
         server.require_app_env()?;
         let holder = format!("{} deploy {sha}", who(&project.env));
         let mut lock = server.lock(&holder, lock_wait)?;
+        server.settle_unfinished()?;
         let previous = server.current()?;
+        refuse_older(plan, &sha, previous.as_deref(), allow_older)?;
         let layout = server.layout.clone();
         let dir = layout.release_dir(&sha);
 
         plan.note(&format!("ship {dir}: the compose files of {sha} itself, and its image name"));
-        for (name, content) in
-            [("base.yml", files.base.clone()), ("prod.yml", files.prod.clone()), ("release.env", files.release_env(project))]
-        {
+        for (name, content) in [
+            ("base.yml", files.base.clone()),
+            ("prod.yml", files.prod.clone()),
+            ("release.env", files.release_env(project)),
+        ] {
             let path = format!("{dir}/{name}");
             let upload = Cmd::of("mkdir -p")
                 .arg(&dir)
@@ -175,10 +213,17 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
                 .and(Cmd::of("mv").arg(format!("{path}.new")).arg(&path));
             server.run_with_input(upload, content)?;
         }
-        if let Some(mut login) = registry::login(&project.env, &project.settings.image) {
-            // The server pulls from a private registry with the same login, the password on stdin.
-            let password = login.take_input().unwrap_or_default();
-            server.run_with_input(login, password)?;
+        if let (Some(user), Some(password)) =
+            (project.env.get("REGISTRY_USER"), project.env.get("REGISTRY_PASSWORD"))
+        {
+            // The server pulls from a private registry with the same login, the password on stdin,
+            // through a Docker config of this pull alone (removed right after it).
+            let image = layout.image(&sha);
+            let registry = registry::host(&project.settings.image);
+            server.run_with_input(
+                Cmd::script("pull.sh", PULL_SH).arg(registry).arg(user).arg(image),
+                password,
+            )?;
         }
         server.run(layout.compose(&sha, &["pull", "--policy", "missing", "--quiet"])).context("pull")?;
         let pause = pause_at(&project.env);
@@ -187,16 +232,12 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
             std::thread::sleep(std::time::Duration::from_secs(5));
         }
 
-        plan.note("migrate with the new image; on failure the running release is left untouched");
-        let mut migrate: Line = layout.compose(&sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]).into();
-        if pause.as_deref() == Some("migrate") {
-            migrate = migrate.and(Cmd::of("echo").arg("lattice test pause: migrate")).and(Cmd::of("sleep 5"));
-        }
-        server
-            .run(migrate)
-            .context("migrations failed (their output is above); nothing was switched, the running release still serves")?;
+        lock.ensure_held()?;
+        let back = migrate(&server, &sha, previous.as_deref(), pause.as_deref())?;
 
-        Switch::new(&project.env, &layout, &sha, previous.as_deref(), Action::Deploy, started).run(&server, &mut lock)?;
+        Switch::new(&project.env, &layout, &sha, previous.as_deref(), Action::Deploy, started)
+            .with_back(back)
+            .run(&server, &mut lock)?;
         prune(&server, project, &sha)?;
         Ok(())
     })()
@@ -205,6 +246,112 @@ pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>)
         println!("deployed {sha}: healthy after {} s", started.elapsed().as_secs());
     }
     Ok(())
+}
+
+/// Refuses a commit older than the running release (an ancestor of it) unless `allow_older`: a
+/// deploy only goes forward (CI deploys that finish out of order cannot undo each other), and the
+/// way back is `rollback`, which checks the schema.
+fn refuse_older(plan: &Plan, sha: &str, current: Option<&str>, allow_older: bool) -> Result<()> {
+    let Some(current) = current.filter(|c| !sha.starts_with(*c) && !allow_older) else { return Ok(()) };
+    if plan.is_dry_run() {
+        plan.note("refuse the sha if it is an ancestor of the running release (--allow-older skips this)");
+        return Ok(());
+    }
+    if !plan.check(Cmd::of("git cat-file -e").arg(format!("{current}^{{commit}}")))? {
+        bail!(
+            "cannot tell whether {sha} is older than {current}, which the server runs: that commit is not in this \
+             repository. `git fetch` it (a CI checkout needs `fetch-depth: 0`), or pass --allow-older to deploy \
+             without this check"
+        );
+    }
+    if plan.check(Cmd::of("git merge-base --is-ancestor").arg(sha).arg(current))? {
+        bail!(
+            "{sha} is older than {current}, which the server runs (an ancestor of it): a deploy only goes forward. \
+             To go back, `cargo xtask rollback --sha {sha}` (it checks the database schema); to deploy it anyway, \
+             pass --allow-older"
+        );
+    }
+    Ok(())
+}
+
+/// Brings the database to `sha`'s schema: nothing when it already has every migration the image
+/// carries (no snapshot, no migrate container); otherwise a snapshot first (when the database has
+/// anything to keep), then the image's `migrate`. Returns what the schema then allows of a
+/// switch-back to `previous` (rollback's check: the previous code's head against the applied
+/// migrations and the new image's backward-compatible ones).
+fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&str>) -> Result<SwitchBack> {
+    let plan = server.plan();
+    let layout = &server.layout;
+    plan.note("Postgres up (as it runs, or started) to read which migrations the database has");
+    server.run(layout.compose(sha, &["up", "--detach", "--no-recreate", "--wait", "postgres"]))?;
+    let head = server.schema_head(sha)?;
+    let applied = server.applied_migrations(sha).context(
+        "cannot read the database's applied migrations (psql's message is above): is Postgres healthy \
+         (`cargo xtask status`, `cargo xtask logs --server`)?",
+    )?;
+    let has_all = |applied: &[i64]| head.is_some_and(|h| applied.last().is_some_and(|last| *last >= h));
+    if has_all(&applied) && !plan.is_dry_run() {
+        plan.note(&format!(
+            "the database has every migration of {sha} (up to {}): no snapshot, no migration",
+            head.unwrap_or_default()
+        ));
+        if pause == Some("migrate") {
+            // The test hook still stops where the migration would have run.
+            server.run(Cmd::of("echo").arg("lattice test pause: migrate").and(Cmd::of("sleep 5")))?;
+        }
+        return Ok(SwitchBack::default());
+    }
+    let snapshot = if applied.is_empty() && !plan.is_dry_run() {
+        plan.note("the database has no migrations yet: nothing to snapshot");
+        None
+    } else {
+        Some(server.snapshot(previous.unwrap_or(sha))?)
+    };
+    plan.note("migrate with the new image; on failure the running release is left untouched");
+    let mut step: Line = layout.compose(sha, &["run", "--rm", "--no-TTY", "bot", "migrate"]).into();
+    if pause == Some("migrate") {
+        step = step.and(Cmd::of("echo").arg("lattice test pause: migrate")).and(Cmd::of("sleep 5"));
+    }
+    if let Err(err) = server.run(step) {
+        if connection_lost(&err) {
+            bail!(
+                "the connection to the server dropped during the migration, so whether it finished is unknown; \
+                 nothing was switched and the running release still serves. Run the same deploy again: migrations \
+                 already applied are not applied twice"
+            );
+        }
+        return Err(err
+            .context("migrations failed (their output is above); nothing was switched, the running release still serves"));
+    }
+    let Some(previous) = previous.filter(|p| *p != sha) else {
+        return Ok(SwitchBack { blocking: Vec::new(), snapshot });
+    };
+    let after = server.applied_migrations(sha)?;
+    let compatible = versions(&server.image_label(sha, LABEL_COMPATIBLE)?);
+    let blocking = match server.schema_head(previous)? {
+        Some(previous_head) => blocking_migrations(previous_head, &compatible, &after),
+        // An image without the label: every migration this deploy applied counts against it.
+        None => after.iter().copied().filter(|v| !applied.contains(v)).collect(),
+    };
+    if !blocking.is_empty() {
+        plan.note(&format!(
+            "should {sha} fail, {previous} will not be started again: its code does not know migrations {}",
+            schema::list(&blocking)
+        ));
+    }
+    Ok(SwitchBack { blocking, snapshot })
+}
+
+/// The release directories beyond `releases_kept`: never `current` nor the newest good ones, and
+/// never one the history does not mention — with `deploys.log` lost or cut short, nothing is
+/// removed that the history does not prove older.
+fn prunable(listed: &[String], history: &[history::Line], current: &str, keep: usize) -> Vec<String> {
+    let kept = history::kept(history, current, keep);
+    listed
+        .iter()
+        .filter(|d| !d.ends_with(".new") && !kept.contains(d) && history.iter().any(|l| &l.sha == *d))
+        .cloned()
+        .collect()
 }
 
 /// Removes release directories (and their images) beyond `releases_kept`, never `current` nor the
@@ -219,9 +366,7 @@ fn prune(server: &Server, project: &Project, current: &str) -> Result<()> {
             .note(&format!("prune: keep {} releases and their images", project.settings.releases_kept));
         return Ok(());
     }
-    let kept = history::kept(&history, current, project.settings.releases_kept);
-    let stale: Vec<&String> =
-        listed.iter().filter(|d| !d.ends_with(".new") && !kept.iter().any(|k| k == *d)).collect();
+    let stale = prunable(&listed, &history, current, project.settings.releases_kept);
     if stale.is_empty() {
         return Ok(());
     }
@@ -246,7 +391,7 @@ mod tests {
         let plan = Plan::new(&sh, true);
         let project = fake_project(&[]);
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        deploy(&plan, &project, sha, None).unwrap();
+        deploy(&plan, &project, sha, None, false).unwrap();
         let steps = plan.steps();
         let text = steps.join("\n");
         let order = [
@@ -261,6 +406,11 @@ mod tests {
             "releases/0123456789abcdef0123456789abcdef01234567/base.yml.new",
             "releases/0123456789abcdef0123456789abcdef01234567/release.env.new",
             "pull --policy missing",
+            "up --detach --no-recreate --wait postgres",
+            "lattice.schema.head",
+            "exec --no-TTY postgres sh -c",
+            "snapshot.sh 3",
+            "pg_dump -Fc",
             "run --rm --no-TTY bot migrate",
             "ln -sfn releases/0123456789abcdef0123456789abcdef01234567 current.new && mv -T current.new current",
             "docker ps --quiet --filter label=com.docker.compose.project=lattice",
@@ -287,12 +437,24 @@ mod tests {
     }
 
     #[test]
+    fn pruning_removes_only_releases_the_history_proves_older() {
+        let log: String = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| format!("2026-01-01T00:00:00Z deploy {s} - ok 1s ci\n"))
+            .collect();
+        let listed: Vec<String> = ["a", "b", "c", "d", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(prunable(&listed, &history::parse(&log), "d", 2), vec!["a", "b"]);
+        // deploys.log lost: nothing can be proven old.
+        assert!(prunable(&listed, &[], "d", 2).is_empty());
+    }
+
+    #[test]
     fn bad_input_is_all_listed_before_anything_runs() {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
         let mut project = fake_project(&[]);
         project.env = Env::from_pairs([("SSH_HOST", "h")]);
-        let err = format!("{:#}", deploy(&plan, &project, "not-a-sha", None).unwrap_err());
+        let err = format!("{:#}", deploy(&plan, &project, "not-a-sha", None, false).unwrap_err());
         assert!(err.contains("not a git sha"), "{err}");
         assert!(err.contains("SSH_USER, SSH_PRIVATE_KEY, SSH_KNOWN_HOSTS"), "{err}");
         assert!(err.contains("nothing on the server was touched"), "{err}");
@@ -304,7 +466,7 @@ mod tests {
         let sh = Shell::new().unwrap();
         let plan = Plan::new(&sh, false);
         let project = fake_project(&[]);
-        let err = format!("{:#}", deploy(&plan, &project, &"e".repeat(40), None).unwrap_err());
+        let err = format!("{:#}", deploy(&plan, &project, &"e".repeat(40), None, false).unwrap_err());
         assert!(err.contains("not a commit of this repository: `git fetch`"), "{err}");
     }
 }

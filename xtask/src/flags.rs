@@ -31,6 +31,10 @@ pub enum Task {
     Rollback(Rollback),
     /// What the server runs: current sha, image digest, since when, health, history, lock holder.
     Status(Status),
+    /// Snapshot the server's database now (pg_dump, kept on the server under snapshots/).
+    Backup(Backup),
+    /// Replace the server's database with a snapshot; the bot is stopped meanwhile.
+    Restore(Restore),
     /// Follow the bot's logs (dev stack by default, the server with --server).
     Logs(Logs),
     /// Apply the bot's database migrations (dev stack by default, the server with --server).
@@ -87,6 +91,10 @@ pub struct Deploy {
     /// Wait up to this many seconds for another deploy's lock instead of failing at once.
     #[arg(long, value_name = "SECS")]
     pub lock_wait: Option<u64>,
+    /// Deploy even a commit older than the running release (an ancestor of it); `rollback` is the
+    /// schema-checked way back.
+    #[arg(long)]
+    pub allow_older: bool,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +145,25 @@ pub struct Migrate {
     /// Migrate the production server's database instead of the dev stack's.
     #[arg(long)]
     pub server: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Backup {
+    /// Wait up to this many seconds for another deploy's lock instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub lock_wait: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct Restore {
+    /// The snapshot, as `backup`, a deploy or `status` named it (e.g. 20261127T214144Z-<sha>.dump).
+    pub snapshot: String,
+    /// Yes, replace the whole database with the snapshot (everything written since is lost).
+    #[arg(long)]
+    pub yes: bool,
+    /// Wait up to this many seconds for another deploy's lock instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub lock_wait: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: every operational task of Lattice. This file only dispatches; each task lives in
 //! the file named after it, and every external command goes through [`plan::Plan`].
 
+mod backup;
 mod bench;
 mod chat;
 mod ci;
@@ -19,10 +20,12 @@ mod project;
 mod registry;
 mod release;
 mod remote;
+mod restore;
 mod rollback;
 mod secrets;
 mod settings;
 mod status;
+mod temp;
 mod watch;
 
 use std::process::ExitCode;
@@ -56,6 +59,8 @@ fn run(flags: flags::Xtask) -> Result<()> {
         Task::Release(task) => task.run(&plan, &project),
         Task::Rollback(task) => task.run(&plan, &project),
         Task::Status(task) => task.run(&plan, &project),
+        Task::Backup(task) => task.run(&plan, &project),
+        Task::Restore(task) => task.run(&plan, &project),
         Task::Logs(task) => task.run(&plan, &project),
         Task::Migrate(task) => task.run(&plan, &project),
         Task::Secrets(task) => task.run(&plan, &project),

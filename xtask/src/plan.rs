@@ -173,6 +173,24 @@ impl<'a> Plan<'a> {
         Ok(Some(child))
     }
 
+    /// Starts a step that outlives this process and is not waited for (a watchdog that cleans up
+    /// after it, however it ends): in a process group of its own, so the Ctrl-C that stops the
+    /// xtask does not reach it; no input or output. A dry run prints it and starts nothing.
+    pub fn watch(&self, cmd: Cmd) -> Result<()> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(());
+        }
+        std::process::Command::from(self.xshell(&cmd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("could not start: {line}"))?;
+        Ok(())
+    }
+
     /// Starts a long-lived step in the background (a process under measurement), standard input
     /// closed, its output going to `log`. A dry run prints it and starts nothing.
     pub fn start(&self, cmd: Cmd, log: &std::path::Path) -> Result<Option<std::process::Child>> {

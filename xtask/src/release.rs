@@ -30,6 +30,6 @@ impl flags::Release {
         let push = ImageOpts { allow_dirty: self.allow_dirty };
         flags::Image { action: ImageAction::Push(push) }.run(plan, project)?;
         let sha = plan.read_fact(Cmd::of("git rev-parse HEAD"))?;
-        flags::Deploy { sha, lock_wait: self.lock_wait }.run(plan, project)
+        flags::Deploy { sha, lock_wait: self.lock_wait, allow_older: false }.run(plan, project)
     }
 }

@@ -21,11 +21,12 @@ use crate::{
     flags,
     plan::{Cmd, Plan},
     project::Project,
-    remote::{history, who, Action, Server, Sha, Switch},
+    remote::{
+        history,
+        schema::{blocking_migrations, versions, LABEL_COMPATIBLE, LABEL_HEAD},
+        who, Action, Server, Sha, Switch,
+    },
 };
-
-pub const LABEL_HEAD: &str = "lattice.schema.head";
-pub const LABEL_COMPATIBLE: &str = "lattice.schema.backward-compatible";
 
 impl flags::Rollback {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -39,6 +40,7 @@ impl flags::Rollback {
         let server = Server::open(plan, project, problems)?;
         let holder = format!("{} rollback {}", who(&project.env), self.sha.as_deref().unwrap_or("previous"));
         let mut lock = server.lock(&holder, self.lock_wait)?;
+        server.settle_unfinished()?;
         let now = server.current()?;
         let history = server.history()?;
         let releases = server.releases()?;
@@ -117,36 +119,12 @@ fn pick_target(
     }
 }
 
-/// Numbers in a label value such as `3,4` or `[3, 4]`.
-fn versions(text: &str) -> Vec<i64> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
-/// The applied migrations newer than `head` that the current image does not declare
-/// backward-compatible: each one makes a rollback to `head` unsafe.
-fn blocking_migrations(head: i64, compatible: &[i64], applied: &[i64]) -> Vec<i64> {
-    applied.iter().copied().filter(|v| *v > head && !compatible.contains(v)).collect()
-}
-
 /// Refuses a rollback whose image is older than the database schema, unless every newer applied
 /// migration is declared backward-compatible by the current image, or `force`.
 fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Result<()> {
-    let layout = &server.layout;
-    let label = |sha: &str, name: &str| {
-        server.read(
-            Cmd::of("docker image inspect --format")
-                .arg(format!("{{{{index .Config.Labels \"{name}\"}}}}"))
-                .arg(layout.image(sha)),
-        )
-    };
-    let head = label(target, LABEL_HEAD)?;
-    let compatible = label(current, LABEL_COMPATIBLE)?;
-    let query =
-        "psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc 'select version from _sqlx_migrations where success order by version'";
-    let applied = match server.read(layout.compose(current, &["exec", "--no-TTY", "postgres", "sh", "-c", query])) {
+    let head = server.image_label(target, LABEL_HEAD)?;
+    let compatible = server.image_label(current, LABEL_COMPATIBLE)?;
+    let applied = match server.applied_migrations(current) {
         Ok(applied) => applied,
         Err(_) if force => {
             eprintln!("warning: cannot read the database's applied migrations; rolling back without a schema check (--force)");
@@ -167,13 +145,10 @@ fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Re
         }
         bail!("{target}'s image has no {LABEL_HEAD} label, so its schema cannot be checked; pass --force to roll back anyway");
     };
-    let blocking: Vec<String> = blocking_migrations(head, &versions(&compatible), &versions(&applied))
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let blocking: Vec<String> =
+        blocking_migrations(head, &versions(&compatible), &applied).iter().map(|v| v.to_string()).collect();
     if blocking.is_empty() {
-        let newer: Vec<String> =
-            versions(&applied).iter().filter(|v| **v > head).map(|v| v.to_string()).collect();
+        let newer: Vec<String> = applied.iter().filter(|v| **v > head).map(|v| v.to_string()).collect();
         if !newer.is_empty() {
             eprintln!(
                 "schema: the database has migrations {} newer than {target} knows (up to {head}); each is declared \
@@ -203,21 +178,6 @@ fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_newer_migrations_not_declared_compatible_block_a_rollback() {
-        assert!(blocking_migrations(3, &[], &[1, 2, 3]).is_empty(), "same schema");
-        assert!(blocking_migrations(2, &[3], &[1, 2, 3]).is_empty(), "3 is declared backward-compatible");
-        assert_eq!(blocking_migrations(2, &[3], &[1, 2, 3, 4]), vec![4]);
-        assert_eq!(blocking_migrations(1, &[], &[1, 2, 3]), vec![2, 3]);
-    }
-
-    #[test]
-    fn label_values_list_their_versions() {
-        assert_eq!(versions("[3, 4]"), vec![3, 4]);
-        assert_eq!(versions("20240101000000,20240202000000"), vec![20240101000000, 20240202000000]);
-        assert!(versions("").is_empty());
-    }
 
     #[test]
     fn the_default_target_is_the_previous_good_release_and_an_unknown_sha_is_refused() {

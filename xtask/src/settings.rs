@@ -21,6 +21,9 @@ pub struct Settings {
     pub health_timeout_secs: u64,
     /// Releases kept on the server.
     pub releases_kept: usize,
+    /// Database snapshots kept on the server (`<deploy_path>/snapshots`), newest first: one is
+    /// taken before a deploy applies migrations, and by `cargo xtask backup`.
+    pub snapshots_kept: usize,
 }
 
 impl Default for Settings {
@@ -31,6 +34,7 @@ impl Default for Settings {
             compose_project: "lattice".into(),
             health_timeout_secs: 90,
             releases_kept: 5,
+            snapshots_kept: 3,
         }
     }
 }
@@ -134,6 +138,12 @@ impl Settings {
         }
         if self.health_timeout_secs == 0 {
             return Err(bad("health_timeout_secs", "must be at least 1"));
+        }
+        if self.snapshots_kept < 1 {
+            return Err(bad(
+                "snapshots_kept",
+                "must be at least 1: the snapshot taken before a migration is the way back from it",
+            ));
         }
         if self.releases_kept < 2 {
             return Err(bad("releases_kept", "must be at least 2, or there is nothing to roll back to"));

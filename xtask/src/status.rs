@@ -6,7 +6,8 @@
 //!
 //! DESCRIPTION
 //!     The current release's sha, its image digest, since when it runs, the health of each
-//!     container, the last N lines of `deploys.log`, and who holds the deploy lock, if anyone.
+//!     container, the last N lines of `deploys.log`, who holds the deploy lock, if anyone, and a
+//!     switch that never finished (killed, or cut off by a reboot), if there is one.
 //!     Reads only; takes no lock.
 
 use anyhow::Result;
@@ -24,6 +25,11 @@ impl flags::Status {
         let now = server.current()?;
         let lines = server.history()?;
         let holder = server.lock_holder()?;
+        // With the lock free no switch runs, so an intent line left is one that never finished.
+        let unfinished = match &holder {
+            None => server.unfinished_switch(&lines)?,
+            Some(_) => None,
+        };
         let (digest, health) = match &now {
             Some(sha) => {
                 let layout = &server.layout;
@@ -55,6 +61,14 @@ impl flags::Status {
             println!("  {service:<10} {state:<10} {health}");
         }
         println!("lock:     {}", holder.as_deref().map(str::trim).unwrap_or("free"));
+        if let Some(unfinished) = &unfinished {
+            println!(
+                "UNFINISHED: {} did not finish (its script was killed or the server rebooted), so what runs may not \
+                 be what `current` says; the next deploy or rollback sets `current` back to the release before it and \
+                 hands the bot over from there",
+                unfinished.describe()
+            );
+        }
         print_history(&lines, self.history);
         Ok(())
     }

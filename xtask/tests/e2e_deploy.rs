@@ -473,6 +473,37 @@ impl Harness {
         text
     }
 
+    /// Runs the xtask in its own process group with `LATTICE_TEST_PAUSE_AT=<step>` and sends the
+    /// whole group SIG`signal` (INT: what Ctrl-C at a terminal does) at the pause marker; returns
+    /// the xtask's pid once it has ended.
+    fn xtask_signalled_at(&mut self, args: &[&str], step: &str, signal: &str) -> u32 {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = self
+            .command(args)
+            .env("LATTICE_TEST_PAUSE_AT", step)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut text = String::new();
+        let marker = format!("lattice test pause: {step}");
+        for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+            if line.trim() == marker {
+                run(Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{pid}")]));
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let status = child.wait().unwrap();
+        self.transcript
+            .push_str(&format!("$ cargo xtask {} (SIG{signal} at {step})\n{text}\n", args.join(" ")));
+        assert!(!status.success() && text.contains(&marker), "not interrupted at {step} ({status}):\n{text}");
+        pid
+    }
+
     /// Waits (bounded) until nobody holds the deploy lock: a detached switch script may still run.
     fn wait_for_free_lock(&self) {
         let lock = self.home.join(&self.deploy_path).join(".lock");
@@ -970,6 +1001,501 @@ fn e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records(h: &mut
     killed_at(h, "health");
 }
 
+/// A release whose migration the previous code does not know (it empties a table), and whose bot
+/// never takes over: the deploy snapshots the database before migrating, does not start the old
+/// code again on the new schema, and names the snapshot and the two commands that bring it back;
+/// `restore` (refused without --yes, printed by --dry-run, the bot stopped meanwhile) and
+/// `rollback` do. A release whose migrations the database already has takes neither snapshot nor
+/// migration; `backup` keeps the newest `snapshots_kept`.
+fn e2e_a_bad_migration_is_kept_from_the_old_code_and_undone_from_its_snapshot(h: &mut Harness) {
+    let before = h.assert_consistent();
+    let root = h.home.join(&h.deploy_path);
+    let psql = |h: &Harness, sql: &str| {
+        stdout(Command::new("docker").args([
+            "exec",
+            &h.container("postgres"),
+            "psql",
+            "-U",
+            "lattice",
+            "-d",
+            "lattice",
+            "-tAc",
+            sql,
+        ]))
+    };
+    psql(
+        h,
+        "create table if not exists e2e_kept (note text); insert into e2e_kept values ('written before F')",
+    );
+    let head_before = h.applied_schema_head();
+    let head_f = h.schema_head() + 1;
+    std::fs::write(
+        h.clone.join("bot/migrations").join(format!("{head_f:04}_e2e_release_f.sql")),
+        "create table e2e_release_f (id bigint primary key);\ndelete from e2e_kept;\n",
+    )
+    .unwrap();
+    let dockerfile = h.clone.join("bot/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    let cmd = "CMD [\"run\"]";
+    assert!(text.contains(cmd), "bot/Dockerfile's CMD changed shape; update this test");
+    std::fs::write(&dockerfile, text.replace(cmd, &["ENV HTTP_PORT=0\n", cmd].concat())).unwrap();
+    h.git(&["add", "bot"]);
+    h.git(&[
+        "commit",
+        "--quiet",
+        "-m",
+        "F: a migration the old code cannot run on, and a bot that never stands by",
+    ]);
+    let sha_f = h.git(&["rev-parse", "HEAD"]);
+    let out = h.xtask_with(&["release"], &[("LATTICE_HEALTH_TIMEOUT_SECS", "30")]);
+    let text = show(&out);
+    assert!(!out.status.success(), "a release that never took over succeeded:\n{text}");
+    assert!(text.contains(&format!("{before} was NOT started again")), "{text}");
+    let snapshot = text
+        .split("`cargo xtask restore ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the error names no snapshot to restore:\n{text}"))
+        .to_string();
+    assert!(text.contains(&format!("`cargo xtask restore {snapshot} --yes`")), "{text}");
+    assert!(text.contains(&format!("then `cargo xtask rollback --sha {before}`")), "{text}");
+    // The snapshot is on the server, owner-only, and nowhere in the repository.
+    let file = root.join("snapshots").join(&snapshot);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(root.join("snapshots")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(h.git(&["ls-files", "*.dump"]), "");
+    // The old code was not started on the new schema: no bot runs, both recorded.
+    let bots = stdout(Command::new("docker").args([
+        "ps",
+        "--quiet",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", h.project),
+        "--filter",
+        "label=com.docker.compose.service=bot",
+    ]));
+    assert_eq!(bots, "", "a bot runs on a schema its code does not know");
+    let history = h.history();
+    assert_eq!(
+        history[history.len() - 2..],
+        [entry("deploy", &sha_f, "unhealthy"), entry("switch-back", &before, "refused")],
+        "history:\n{}",
+        h.server_file("deploys.log")
+    );
+    assert_eq!(h.applied_schema_head(), head_f.to_string());
+    assert_eq!(psql(h, "select count(*) from e2e_kept"), "0");
+
+    let text = h.refused(&["restore", &snapshot], &[], "pass --yes to do it");
+    assert!(!text.contains("pg_restore"), "{text}");
+    let dry = h.xtask_ok(&["--dry-run", "restore", &snapshot, "--yes"]);
+    for step in ["flock", "docker stop", "drop schema public cascade", "pg_restore", "docker start"] {
+        assert!(dry.contains(step), "the dry-run restore lacks {step:?}:\n{dry}");
+    }
+    h.xtask_ok(&["restore", &snapshot, "--yes"]);
+    assert_eq!(h.applied_schema_head(), head_before, "the schema is the snapshot's again");
+    assert_eq!(psql(h, "select note from e2e_kept"), "written before F");
+    assert_eq!(psql(h, "select to_regclass('e2e_release_f') is null"), "t");
+    h.xtask_ok(&["rollback", "--sha", &before]);
+    h.assert_serving(&before);
+    // With the bot running, restore stops it meanwhile and starts it again.
+    let restored = h.xtask_ok(&["restore", &snapshot, "--yes"]);
+    assert!(restored.contains("docker stop") && restored.contains("docker start"), "{restored}");
+    h.assert_serving(&before);
+    assert_eq!(psql(h, "select note from e2e_kept"), "written before F");
+
+    // The database already has every migration of this release: no snapshot, no migrate container.
+    let image = format!("{}:{before}", h.image);
+    let sha_g = h.retagged_release(&image, "G: the running code again, nothing to migrate");
+    let snapshots = || std::fs::read_dir(root.join("snapshots")).unwrap().count();
+    let count = snapshots();
+    let deployed = h.xtask_ok(&["deploy", "--sha", &sha_g]);
+    assert!(deployed.contains("no snapshot, no migration"), "{deployed}");
+    assert!(!deployed.contains("bot migrate") && !deployed.contains("pg_dump"), "{deployed}");
+    assert_eq!(snapshots(), count);
+    h.assert_serving(&sha_g);
+
+    for _ in 0..4 {
+        let out = h.xtask_ok(&["backup"]);
+        assert!(out.contains("cargo xtask restore ") && out.contains(&format!("-{sha_g}.dump")), "{out}");
+    }
+    assert_eq!(snapshots(), 3, "backup keeps the newest snapshots_kept (3)");
+}
+
+/// A deploy whose client stops answering — its process group, ssh included, SIGSTOPped at the
+/// pause after pull, as a suspended laptop or a half-open connection looks to the server — holds
+/// the lock no longer than the server's silence bound; resumed, it finds the lock lost and does
+/// nothing more.
+fn e2e_a_silent_client_loses_the_lock_within_the_bound(h: &mut Harness) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let before = h.assert_consistent();
+    let image = format!("{}:{before}", h.image);
+    let sha = h.retagged_release(&image, "H: deployed by a client that falls silent");
+    let history = h.server_file("deploys.log");
+    let mut child = h
+        .command(&["deploy", "--sha", &sha])
+        .env("LATTICE_TEST_PAUSE_AT", "pulled")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = format!("-{}", child.id());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the deploy never paused after pull:\n{text}");
+        text.push_str(&line);
+        if line.trim() == "lattice test pause: pulled" {
+            break;
+        }
+    }
+    run(Command::new("kill").args(["-STOP", "--", &group]));
+    let lock = h.home.join(&h.deploy_path).join(".lock");
+    let free = || Command::new("flock").args(["-n"]).arg(&lock).arg("true").status().unwrap().success();
+    assert!(!free(), "the lock is not held by the deploy that paused");
+    let stopped = Instant::now();
+    // The bound: the server's 30 s of silence, plus slack for a loaded machine.
+    while !free() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "the silent client still holds the lock after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("    the lock was free {:.0} s after the client fell silent", stopped.elapsed().as_secs_f64());
+    run(Command::new("kill").args(["-CONT", "--", &group]));
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let status = child.wait().unwrap();
+    text.push_str(&reader.join().unwrap());
+    h.transcript.push_str(&format!("$ cargo xtask deploy --sha {sha} (stopped at pulled)\n{text}\n"));
+    assert!(!status.success(), "a deploy that lost its lock went on:\n{text}");
+    assert!(text.contains("the deploy lock was lost"), "{text}");
+    assert_eq!(h.assert_consistent(), before, "a deploy that lost its lock switched");
+    assert_eq!(h.server_file("deploys.log"), history);
+}
+
+/// Deploys go forward: a commit that is an ancestor of the running release is refused, pointing at
+/// rollback, unless --allow-older.
+fn e2e_an_older_commit_is_refused_unless_allowed(h: &mut Harness) {
+    let (now, sha_e) = (h.assert_consistent(), h.fact("e"));
+    h.git(&["merge-base", "--is-ancestor", &sha_e, &now]);
+    let text = h.refused(
+        &["deploy", "--sha", &sha_e],
+        &[],
+        &format!("{sha_e} is older than {now}, which the server runs"),
+    );
+    assert!(
+        text.contains(&format!("`cargo xtask rollback --sha {sha_e}`")) && text.contains("--allow-older"),
+        "{text}"
+    );
+    h.xtask_ok(&["deploy", "--sha", &sha_e, "--allow-older"]);
+    h.assert_serving(&sha_e);
+    h.xtask_ok(&["deploy", "--sha", &now]);
+    h.assert_serving(&now);
+}
+
+/// Production hardening as it runs: Postgres with a read-only root, no-new-privileges and only the
+/// capabilities its entrypoint needs; both services with a pids limit.
+fn e2e_postgres_and_the_bot_run_hardened(h: &mut Harness) {
+    let postgres = h.container("postgres");
+    assert_eq!(h.inspect(&postgres, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(h.inspect(&postgres, "{{.HostConfig.SecurityOpt}}"), "[no-new-privileges:true]");
+    assert_eq!(h.inspect(&postgres, "{{.HostConfig.CapDrop}}"), "[ALL]");
+    let mut caps: Vec<String> = h
+        .inspect(&postgres, "{{range .HostConfig.CapAdd}}{{println .}}{{end}}")
+        .lines()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    caps.sort();
+    assert_eq!(caps, ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]);
+    assert_eq!(h.inspect(&postgres, "{{.HostConfig.PidsLimit}}"), "200");
+    let status =
+        stdout(Command::new("docker").args(["exec", &postgres, "grep", "NoNewPrivs", "/proc/1/status"]));
+    assert!(status.ends_with('1'), "{status}");
+    let wrote = Command::new("docker").args(["exec", &postgres, "touch", "/e2e-written"]).output().unwrap();
+    assert!(!wrote.status.success(), "Postgres's root file system is writable");
+    assert_eq!(h.inspect(&h.container("bot"), "{{.HostConfig.PidsLimit}}"), "1024");
+}
+
+/// A deploy with a registry login: the server pulls with a Docker config of that pull alone,
+/// removed right after; the server user's ~/.docker keeps no credentials and the deploy directory
+/// no config. (The test's registry takes any login, and Docker stores it as it would a real one.)
+fn e2e_registry_credentials_do_not_linger_on_the_server(h: &mut Harness) {
+    let before = h.assert_consistent();
+    let image = format!("{}:{before}", h.image);
+    let sha = h.retagged_release(&image, "I: pulled with a registry login");
+    let (user, password) = ("e2e-puller", "e2e-registry-pass-Qw93xT");
+    // The client's own login goes to a config of the test's, not root's ~/.docker.
+    let client = h.dir.join("docker-client");
+    std::fs::create_dir_all(&client).unwrap();
+    let out = h.xtask_with(
+        &["deploy", "--sha", &sha],
+        &[
+            ("REGISTRY_USER", user),
+            ("REGISTRY_PASSWORD", password),
+            ("DOCKER_CONFIG", client.to_str().unwrap()),
+        ],
+    );
+    let text = show(&out);
+    assert!(out.status.success(), "the deploy with a registry login failed:\n{text}");
+    assert!(text.contains("pull.sh"), "the server did not pull with its own login:\n{text}");
+    h.assert_serving(&sha);
+    let encoded = stdout(Command::new("sh").arg("-c").arg(format!("printf %s '{user}:{password}' | base64")));
+    let config = std::fs::read_to_string(h.home.join(".docker/config.json")).unwrap_or_default();
+    for value in [password, encoded.as_str()] {
+        assert!(!text.contains(value), "the registry password is in the output");
+        assert!(
+            !config.contains(value),
+            "the registry login lingers in the server user's ~/.docker:\n{config}"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(h.home.join(&h.deploy_path))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".docker-pull."))
+        .collect();
+    assert!(left.is_empty(), "the pull's Docker config was left on the server: {left:?}");
+}
+
+/// Settings that used to send the user the wrong way: each is named for what it is, all at once,
+/// before the server is touched.
+fn e2e_key_known_hosts_and_login_problems_are_named_for_what_they_are(h: &mut Harness) {
+    let sha = h.assert_consistent();
+    let crlf = h.private_key.replace('\n', "\r\n");
+    let text = h.refused(
+        &["deploy", "--sha", &sha],
+        &[("SSH_PRIVATE_KEY", &crlf)],
+        "SSH_PRIVATE_KEY has Windows line endings (CRLF)",
+    );
+    assert!(!text.contains("authorized_keys"), "{text}");
+    let path = h.dir.join("client_key").display().to_string();
+    h.refused(&["deploy", "--sha", &sha], &[("SSH_PRIVATE_KEY", &path)], "SSH_PRIVATE_KEY holds a file path");
+    let text = h.refused(&["status"], &[("SSH_KNOWN_HOSTS", "")], "SSH_KNOWN_HOSTS is empty");
+    assert_eq!(text.matches("SSH_KNOWN_HOSTS is empty").count(), 1, "{text}");
+    assert!(!text.contains("missing environment variables"), "said twice:\n{text}");
+    // A failed `docker login` is one of the problems, listed with the others.
+    let client = h.dir.join("docker-client");
+    std::fs::create_dir_all(&client).unwrap();
+    let text = h.refused(
+        &["deploy", "--sha", &sha],
+        &[
+            ("LATTICE_IMAGE", "127.0.0.1:1/lattice-bot"),
+            ("REGISTRY_USER", "e2e-puller"),
+            ("REGISTRY_PASSWORD", "e2e-registry-pass-Qw93xT"),
+            ("DOCKER_CONFIG", client.to_str().unwrap()),
+            ("SSH_USER", ""),
+        ],
+        "docker login to 127.0.0.1:1 failed",
+    );
+    assert!(text.contains("missing environment variables: SSH_USER"), "{text}");
+    assert!(!text.contains("e2e-registry-pass-Qw93xT"), "{text}");
+}
+
+/// The xtask `pid`'s ssh ControlMaster (the one ssh process of its connection that is not its
+/// child: it runs detached), killed as a dropped connection would end it.
+fn kill_ssh_master(pid: u32) {
+    let dir = std::env::temp_dir().join(format!("lattice-ssh-{pid}-"));
+    let dir = dir.to_string_lossy().to_string();
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(proc_pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("");
+        if cmdline.starts_with("ssh") && cmdline.contains(&dir) && ppid != pid.to_string() {
+            run(Command::new("kill").args(["-KILL", &proc_pid.to_string()]));
+            killed += 1;
+        }
+    }
+    assert_eq!(killed, 1, "expected one ssh ControlMaster of xtask {pid}");
+}
+
+/// Runs the xtask with `LATTICE_TEST_PAUSE_AT=<step>`, kills its ssh ControlMaster at the pause
+/// marker, and returns its exit status and everything it printed.
+fn xtask_disconnected_at(h: &mut Harness, args: &[&str], step: &str) -> (bool, String) {
+    xtask_acting_at(h, args, step, &mut kill_ssh_master)
+}
+
+/// Runs the xtask with `LATTICE_TEST_PAUSE_AT=<step>`, calls `act` with its pid at the pause
+/// marker, and returns its exit status and everything it printed.
+fn xtask_acting_at(h: &mut Harness, args: &[&str], step: &str, act: &mut dyn FnMut(u32)) -> (bool, String) {
+    use std::io::BufRead;
+    let mut child = h
+        .command(args)
+        .env("LATTICE_TEST_PAUSE_AT", step)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let marker = format!("lattice test pause: {step}");
+    let mut text = String::new();
+    let mut cut = false;
+    for line in rx.iter() {
+        if !cut && line.trim() == marker {
+            act(child.id());
+            cut = true;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait().unwrap();
+    h.transcript.push_str(&format!("$ cargo xtask {} (interrupted at {step})\n{text}\n", args.join(" ")));
+    assert!(cut, "the xtask never reached the pause at {step} ({status}):\n{text}");
+    (status.success(), text)
+}
+
+/// A connection that drops during the migration is said to have dropped (not "migrations
+/// failed"), nothing is switched, and the same deploy then completes; one that drops while the
+/// client follows the detached switch is opened again and the result read: the deploy succeeds.
+fn e2e_a_dropped_connection_is_said_and_a_switch_is_followed_to_its_end(h: &mut Harness) {
+    let before = h.assert_consistent();
+    let image = format!("{}:{before}", h.image);
+    // The database lacks the running image's newest migration (E's), so this deploy migrates.
+    let head = h.applied_schema_head();
+    let postgres = h.container("postgres");
+    let undo = format!("delete from _sqlx_migrations where version = {head}; drop table e2e_release_e");
+    run(Command::new("docker")
+        .args(["exec", &postgres, "psql", "-U", "lattice", "-d", "lattice", "-c", &undo]));
+    let sha = h.retagged_release(&image, "J: deployed over a connection that drops");
+    let (ok, text) = xtask_disconnected_at(h, &["deploy", "--sha", &sha], "migrate");
+    assert!(!ok, "{text}");
+    assert!(text.contains("the connection to the server dropped during the migration"), "{text}");
+    assert!(!text.contains("migrations failed"), "{text}");
+    h.wait_for_free_lock();
+    assert_eq!(h.assert_consistent(), before, "a deploy cut off in the migration switched");
+    h.xtask_ok(&["deploy", "--sha", &sha]);
+    h.assert_serving(&sha);
+    assert_eq!(h.applied_schema_head(), head);
+
+    let sha = h.retagged_release(&image, "K: followed over a connection that drops");
+    let (ok, text) = xtask_disconnected_at(h, &["deploy", "--sha", &sha], "health");
+    assert!(ok, "the switch succeeded, yet the deploy failed:\n{text}");
+    assert!(text.contains("the connection to the server dropped: connect again"), "{text}");
+    assert!(text.contains(&format!("deployed {sha}")), "{text}");
+    h.assert_serving(&sha);
+}
+
+/// Killed runs leave nothing behind: a deploy interrupted with Ctrl-C (SIGINT to its process group)
+/// or SIGKILL after connecting leaves no key, no connection directory and, promptly, no logged-in
+/// ControlMaster; a dead run's directory is removed by the next run; no file in /tmp holds the key.
+fn e2e_a_killed_run_leaves_no_key_directory_or_connection(h: &mut Harness) {
+    let before = h.assert_consistent();
+    let image = format!("{}:{before}", h.image);
+    let tmp = std::env::temp_dir();
+    let ours = |pid: u32| {
+        let prefix = format!("lattice-ssh-{pid}-");
+        let dirs = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count();
+        let masters = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).to_string();
+                cmdline.starts_with("ssh") && cmdline.contains(&prefix)
+            })
+            .count();
+        (dirs, masters)
+    };
+    for signal in ["INT", "KILL"] {
+        let sha = h.retagged_release(&image, &format!("L: interrupted with SIG{signal}"));
+        let pid = h.xtask_signalled_at(&["deploy", "--sha", &sha], "pulled", signal);
+        let gone = Instant::now();
+        while ours(pid) != (0, 0) {
+            assert!(
+                gone.elapsed() < Duration::from_secs(30),
+                "SIG{signal}: xtask {pid} left (dirs, ssh processes) = {:?}",
+                ours(pid)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        println!("    SIG{signal}: nothing of the run left after {:.1} s", gone.elapsed().as_secs_f64());
+        h.wait_for_free_lock();
+        assert_eq!(h.assert_consistent(), before);
+    }
+    // A run killed so hard that even its watchdog went: the next run removes what it left.
+    let stale = tmp.join("lattice-ssh-4194399-0");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("config"), "Host lattice-server\n").unwrap();
+    h.xtask_ok(&["status"]);
+    assert!(!stale.exists(), "the next run kept a dead run's directory");
+    // No file in /tmp (the test's own key files aside) holds the private key.
+    let key_lines: Vec<&str> =
+        h.private_key.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")).collect();
+    let listing = stdout(Command::new("find").arg(&tmp).args(["-xdev", "-type", "f", "-size", "-1M"]));
+    for file in listing.lines().filter(|f| !Path::new(f).starts_with(&h.dir)) {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(!key_lines.iter().any(|l| text.contains(l)), "{file} holds the private key");
+    }
+}
+
+/// A switch cut off between its steps — its detached script SIGKILLed right after it pointed
+/// `current` at the new release, as a reboot would stop it: `status` reports the unfinished switch;
+/// the next deploy sets `current` back to the release before it, records the switch as
+/// interrupted, and completes.
+fn e2e_an_unfinished_switch_is_reported_and_settled_by_the_next_deploy(h: &mut Harness) {
+    let before = h.assert_consistent();
+    let image = format!("{}:{before}", h.image);
+    let sha = h.retagged_release(&image, "M: its switch is cut off");
+    let script = format!("sh .switch.sh {sha} ");
+    let (ok, text) = xtask_acting_at(h, &["deploy", "--sha", &sha], "switch", &mut |_| {
+        let mut killed = 0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).replace('\0', " ").starts_with(&script) {
+                // setsid made it the leader of its own group: the group goes, sleep and all.
+                let group = format!("-{}", entry.file_name().to_string_lossy());
+                run(Command::new("kill").args(["-KILL", "--", &group]));
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "expected one switch script for {sha}");
+    });
+    assert!(!ok, "{text}");
+    assert!(text.contains("ended without a result"), "{text}");
+    h.wait_for_free_lock();
+    let status = h.xtask_ok(&["status"]);
+    assert!(
+        status.contains(&format!("UNFINISHED: the deploy to {sha} from {before}, started")),
+        "status does not report the unfinished switch:\n{status}"
+    );
+    let next = h.retagged_release(&image, "N: deployed after an unfinished switch");
+    let deployed = h.xtask_ok(&["deploy", "--sha", &next]);
+    assert!(
+        deployed.contains(&format!(
+            "did not finish (its script was killed or the server rebooted); `current` goes back to {before}"
+        )),
+        "{deployed}"
+    );
+    h.assert_serving(&next);
+    h.assert_consistent();
+    assert!(h.history().contains(&entry("deploy", &sha, "interrupted")), "{}", h.server_file("deploys.log"));
+    let status = h.xtask_ok(&["status"]);
+    assert!(!status.contains("UNFINISHED"), "{status}");
+}
+
 /// The secret scan: every byte the xtask printed, the containers' logs, the server's files.
 fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
     let mut haystack = h.transcript.clone();
@@ -1024,6 +1550,15 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(e2e_a_deploy_killed_during_migrate_switches_nothing_and_completes_on_rerun),
     scenario!(e2e_a_deploy_killed_during_the_switch_still_switches_and_records),
     scenario!(e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records),
+    scenario!(e2e_a_bad_migration_is_kept_from_the_old_code_and_undone_from_its_snapshot),
+    scenario!(e2e_a_silent_client_loses_the_lock_within_the_bound),
+    scenario!(e2e_an_older_commit_is_refused_unless_allowed),
+    scenario!(e2e_postgres_and_the_bot_run_hardened),
+    scenario!(e2e_registry_credentials_do_not_linger_on_the_server),
+    scenario!(e2e_key_known_hosts_and_login_problems_are_named_for_what_they_are),
+    scenario!(e2e_a_dropped_connection_is_said_and_a_switch_is_followed_to_its_end),
+    scenario!(e2e_a_killed_run_leaves_no_key_directory_or_connection),
+    scenario!(e2e_an_unfinished_switch_is_reported_and_settled_by_the_next_deploy),
     scenario!(e2e_no_secret_in_the_output_the_logs_or_the_servers_files),
 ];
 

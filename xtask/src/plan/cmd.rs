@@ -113,11 +113,6 @@ impl Cmd {
     pub fn input(&self) -> Option<&[u8]> {
         self.stdin.as_deref()
     }
-
-    /// The input moved out, for a command that carries this one (`ssh … <this>`).
-    pub fn take_input(&mut self) -> Option<Vec<u8>> {
-        self.stdin.take()
-    }
 }
 
 /// The first command of a [`Line`].
@@ -148,6 +143,10 @@ impl Cmd {
 
     pub fn silent(self) -> Line {
         Line::from(self).silent()
+    }
+
+    pub fn read_from(self, path: &str) -> Line {
+        Line::from(self).read_from(path)
     }
 }
 
@@ -203,6 +202,11 @@ impl Line {
     /// `… 2>/dev/null`: no error output (the exit status still counts).
     pub fn without_errors(self) -> Line {
         self.redirect(" 2>", "/dev/null")
+    }
+
+    /// `… < path`: standard input from a file.
+    pub fn read_from(self, path: &str) -> Line {
+        self.redirect(" < ", path)
     }
 
     /// `… >/dev/null 2>&1`: no output at all.

@@ -29,6 +29,8 @@ impl Action {
 pub enum Outcome {
     Ok,
     Unhealthy,
+    /// A switch-back not done: the previous release's code cannot run on the migrated schema.
+    Refused,
 }
 
 impl Outcome {
@@ -36,6 +38,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Unhealthy => "unhealthy",
+            Outcome::Refused => "refused",
         }
     }
 }

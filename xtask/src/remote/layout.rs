@@ -9,7 +9,8 @@
 //! current -> releases/<sha>
 //! deploys.log           append-only history, see history.rs
 //! .lock, .lock.holder   the deploy lock (flock) and who holds it since when
-//! .switch.sh            the switch script (switch.sh) with its .log, .result and .bot-logs
+//! .switch.sh            the switch script (switch.sh) with its .log, .result, .bot-logs and .intent
+//! snapshots/            database snapshots (pg_dump -Fc, 0700), the newest `snapshots_kept`
 //! ```
 //!
 //! A release always runs with its own compose files and image, so a rollback needs nothing but
@@ -27,11 +28,14 @@ pub const HISTORY: &str = "deploys.log";
 pub const LOCK: &str = ".lock";
 pub const LOCK_HOLDER: &str = ".lock.holder";
 /// The switch script a deploy or rollback uploads and starts detached, its output, its result
-/// (`healthy`, `back-ok`, `back-unhealthy`, `no-previous`) and the failing container's last logs.
+/// (`healthy`, `back-ok`, `back-unhealthy`, `back-refused`, `no-previous`) and the failing container's last logs.
 pub const SWITCH_SCRIPT: &str = ".switch.sh";
 pub const SWITCH_LOG: &str = ".switch.log";
 pub const SWITCH_RESULT: &str = ".switch.result";
 pub const SWITCH_BOT_LOGS: &str = ".switch.bot-logs";
+/// What a switch under way is doing (`time action sha previous who`), removed with its result:
+/// still there when no switch runs, it tells of one that was killed or cut off by a reboot.
+pub const SWITCH_INTENT: &str = ".switch.intent";
 
 /// A git commit id as used for image tags and release directories: 7 to 40 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,11 +3,20 @@
 //! **Architecture Invariant:** one deploy, rollback or server migration at a time. The lock lives
 //! exactly as long as the ssh session that took it — or, once the switch has started, as long as
 //! the switch script, which inherits it — so a dead client can never leave it held, and no one
-//! can take it in the middle of a switch.
+//! can take it in the middle of a switch. The client sends a heartbeat every
+//! [`HEARTBEAT_SECS`]; the session gives the lock up after [`SILENCE_SECS`] without a word, so a
+//! suspended client or a half-open connection (which sshd notices only after hours) holds it no
+//! longer than that.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdout},
+    process::{Child, ChildStdin, ChildStdout},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +28,10 @@ use crate::plan::{Cmd, Plan};
 const LOCK_SH: &str = include_str!("lock.sh");
 /// flock's exit status when another holds the lock.
 const LOCKED_BY_ANOTHER: i32 = 75;
+/// How often the holder says it is still there.
+const HEARTBEAT_SECS: u64 = 5;
+/// How long the lock's session waits for a word from its client before it gives the lock up.
+pub const SILENCE_SECS: u64 = 30;
 
 impl Server<'_, '_> {
     /// Takes the deploy lock, held by a background ssh session for as long as the returned guard
@@ -33,21 +46,21 @@ impl Server<'_, '_> {
         let session = Cmd::of("exec flock")
             .args(wait_flag)
             .args(["-E", &LOCKED_BY_ANOTHER.to_string(), LOCK])
-            .args(Cmd::script("lock.sh", LOCK_SH).arg(holder).words());
+            .args(Cmd::script("lock.sh", LOCK_SH).arg(holder).arg(SILENCE_SECS.to_string()).words());
         let step = Cmd::of("mkdir -p")
             .arg(self.layout.path("releases"))
             .and(Cmd::of("cd").arg(&self.layout.root))
             .and(session);
         let Some(mut child) = self.spawn_at_home(step)? else {
-            return Ok(Lock { child: None, out: None });
+            return Ok(Lock { session: None });
         };
         let mut line = String::new();
         let mut out = child.stdout.take().map(BufReader::new);
         if let Some(out) = out.as_mut() {
             out.read_line(&mut line)?;
         }
-        if line.trim() == "locked" {
-            return Ok(Lock { child: Some(child), out });
+        if let (true, Some(out), Some(stdin)) = (line.trim() == "locked", out, child.stdin.take()) {
+            return Ok(Lock { session: Some(Session::beating(child, stdin, out)) });
         }
         let status = child.wait()?;
         if status.code() == Some(LOCKED_BY_ANOTHER) {
@@ -85,11 +98,83 @@ impl Server<'_, '_> {
 /// The held deploy lock. Dropping it closes the remote shell's stdin, which ends the session and
 /// releases the `flock` (a detached switch script still running keeps it until it ends).
 pub struct Lock {
-    child: Option<Child>,
-    out: Option<BufReader<ChildStdout>>,
+    session: Option<Session>,
+}
+
+/// The lock's ssh session, with the thread that sends its heartbeat.
+struct Session {
+    child: Child,
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
+    out: BufReader<ChildStdout>,
+    stop: Arc<AtomicBool>,
+    beat: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    fn beating(child: Child, stdin: ChildStdin, out: BufReader<ChildStdout>) -> Session {
+        let stdin = Arc::new(Mutex::new(Some(stdin)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let beat = {
+            let (stdin, stop) = (Arc::clone(&stdin), Arc::clone(&stop));
+            std::thread::spawn(move || loop {
+                for _ in 0..HEARTBEAT_SECS * 10 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let mut guard = stdin.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(pipe) = guard.as_mut() else { return };
+                if pipe.write_all(b"beat\n").and_then(|()| pipe.flush()).is_err() {
+                    return;
+                }
+            })
+        };
+        Session { child, stdin, out, stop, beat: Some(beat) }
+    }
+}
+
+impl Session {
+    /// Sends `message` (lines) to the lock's session and returns its one-line answer (empty when
+    /// the session has ended).
+    fn ask(&mut self, message: &str) -> Result<String> {
+        {
+            let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+            let stdin = guard.as_mut().context("the lock session has no stdin")?;
+            stdin.write_all([message, "\n"].concat().as_bytes())?;
+            stdin.flush()?;
+        }
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
 }
 
 impl Lock {
+    /// Fails when the lock's session has ended: the server gave the lock up (this client was
+    /// silent for [`SILENCE_SECS`], e.g. suspended) or the connection died. Checked before each
+    /// step that needs the lock, so a client that lost it changes nothing more.
+    pub fn ensure_held(&mut self) -> Result<()> {
+        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        let ended = session.child.try_wait()?;
+        let answer = match ended {
+            Some(_) => String::new(),
+            None => session.ask("ping").unwrap_or_default(),
+        };
+        if answer != "pong" {
+            let status = match ended.or(session.child.try_wait()?) {
+                Some(status) => status.to_string(),
+                None => format!("it answered {:?}", answer),
+            };
+            bail!(
+                "the deploy lock was lost ({status}): the server gives it up after {SILENCE_SECS} s without a \
+                 heartbeat from this client (it was suspended, or the connection stalled), so another deploy may \
+                 have started since; nothing more was done. Run the command again"
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the uploaded switch script with `args` from the lock's own session, detached
     /// (`setsid nohup`, output to the switch log): it inherits the locked file descriptor, so the
     /// lock is held until the script has finished, even if this process or its connection dies.
@@ -100,7 +185,8 @@ impl Lock {
             "in the lock's session: {started} >> {SWITCH_LOG} 2>&1 < /dev/null & (detached from this connection; \
              it inherits the lock)"
         ));
-        let (Some(child), Some(out)) = (self.child.as_mut(), self.out.as_mut()) else {
+        self.ensure_held()?;
+        let Some(session) = self.session.as_mut() else {
             return Ok("<pid>".into());
         };
         // lock.sh's protocol: `detach`, the arguments one a line, an empty line.
@@ -112,12 +198,8 @@ impl Lock {
             message.push_str(arg);
             message.push('\n');
         }
-        message.push('\n');
-        let stdin = child.stdin.as_mut().context("the lock session has no stdin")?;
-        stdin.write_all(message.as_bytes())?;
-        stdin.flush()?;
-        let mut line = String::new();
-        out.read_line(&mut line)?;
+        // (`ask` ends the message with the empty line.)
+        let line = session.ask(&message)?;
         let pid = line.trim().strip_prefix("started ").unwrap_or("").to_string();
         if pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
             bail!(
@@ -131,9 +213,64 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let _ = child.wait();
+        if let Some(mut session) = self.session.take() {
+            session.stop.store(true, Ordering::Relaxed);
+            drop(session.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Some(beat) = session.beat.take() {
+                let _ = beat.join();
+            }
+            let _ = session.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use super::LOCK_SH;
+
+    #[test]
+    fn the_lock_session_lives_while_the_client_beats_and_ends_once_it_falls_silent() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let mut session = Command::new("sh")
+            .args(["-c", LOCK_SH, "lock.sh", "ann deploy abc1234", "1"])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(session.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "locked\n");
+        let mut stdin = session.stdin.take().unwrap();
+        stdin.write_all(b"ping\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "pong\n");
+        for _ in 0..8 {
+            stdin.write_all(b"beat\n").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(session.try_wait().unwrap().is_none(), "the session ended although the client beats");
+        }
+        let silent = Instant::now();
+        let status = loop {
+            if let Some(status) = session.try_wait().unwrap() {
+                break status;
+            }
+            assert!(silent.elapsed() < Duration::from_secs(10), "the session outlived its silent client");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(status.code(), Some(1), "it did not give the lock up for silence: {status}");
+        // The last beat was 300 ms before `silent`; the bound is 1 s.
+        assert!(silent.elapsed() >= Duration::from_millis(600), "it ended before the silence bound");
+        let holder = std::fs::read_to_string(dir.path().join(".lock.holder")).unwrap();
+        assert!(holder.starts_with("ann deploy abc1234 since "), "{holder}");
     }
 }

@@ -13,29 +13,29 @@
 pub mod history;
 mod layout;
 mod lock;
+pub mod schema;
+pub mod snapshot;
 mod switch;
+mod unfinished;
 
-use std::{
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use anyhow::{bail, Context, Result};
-use xshell::TempDir;
 
 pub use self::{
     history::{Action, Line as HistoryLine},
     layout::{
-        Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
+        escaped, Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_INTENT, SWITCH_LOG,
+        SWITCH_RESULT, SWITCH_SCRIPT,
     },
     lock::Lock,
-    switch::{pause_at, Switch},
+    switch::{pause_at, running_bots, Switch, SwitchBack},
 };
 use crate::{
     env::{Env, APP_VARS, SSH_VARS},
     plan::{Cmd, Line, Plan},
     project::Project,
+    temp,
 };
 
 /// The name the ssh config gives the server, so the printed commands stay readable.
@@ -52,7 +52,10 @@ pub struct Target {
 
 impl Target {
     pub fn from_env(env: &Env, problems: &mut Vec<String>) -> Target {
-        let missing = env.missing(SSH_VARS);
+        let unpinned = env.get("SSH_PRIVATE_KEY").is_some() && env.get("SSH_KNOWN_HOSTS").is_none();
+        // An empty SSH_KNOWN_HOSTS beside a key is said once, below, with how to fill it.
+        let missing: Vec<&str> =
+            env.missing(SSH_VARS).into_iter().filter(|n| !(unpinned && *n == "SSH_KNOWN_HOSTS")).collect();
         if !missing.is_empty() {
             problems.push(format!(
                 "missing environment variables: {} (set them in the environment, as CI secrets, or in .env; \
@@ -85,7 +88,10 @@ impl Target {
         let host = checked("SSH_HOST", "a host name or IP address", "203.0.113.9");
         let user = checked("SSH_USER", "a user name on the server", "deploy");
         let target = Target { host, port: if port_ok { port } else { "22".into() }, user };
-        if env.get("SSH_PRIVATE_KEY").is_some() && env.get("SSH_KNOWN_HOSTS").is_none() {
+        if let Some(why) = env.get("SSH_PRIVATE_KEY").and_then(key_problem) {
+            problems.push(why.to_string());
+        }
+        if unpinned {
             // Said separately because the fix is not obvious.
             problems.push(format!(
                 "SSH_KNOWN_HOSTS is empty: the server's host key must be pinned. Get it with \
@@ -98,6 +104,30 @@ impl Target {
         }
         target
     }
+}
+
+/// What is wrong with SSH_PRIVATE_KEY's contents that OpenSSH would only report as a failed login
+/// (and the login's hint would blame authorized_keys), if anything. The value is never shown.
+fn key_problem(key: &str) -> Option<&'static str> {
+    if !key.contains("-----BEGIN") {
+        if !key.trim().contains(char::is_whitespace) && (key.contains('/') || key.starts_with('~')) {
+            return Some(
+                "SSH_PRIVATE_KEY holds a file path, but it must hold the key itself: set it to the file's contents, \
+                 e.g. SSH_PRIVATE_KEY=\"$(cat ~/.ssh/id_ed25519)\"",
+            );
+        }
+        return Some(
+            "SSH_PRIVATE_KEY is not a private key (it has no -----BEGIN ... PRIVATE KEY----- line): set it to the \
+             contents of the key file, e.g. SSH_PRIVATE_KEY=\"$(cat ~/.ssh/id_ed25519)\"",
+        );
+    }
+    if key.contains('\r') {
+        return Some(
+            "SSH_PRIVATE_KEY has Windows line endings (CRLF), which OpenSSH cannot read: store it again with plain \
+             line feeds (e.g. from `tr -d '\\r' < key`)",
+        );
+    }
+    None
 }
 
 /// Why a value cannot stand as one word of the ssh config (HostName, User), if it cannot.
@@ -126,9 +156,12 @@ pub struct Server<'p, 'a> {
     pub layout: Layout,
     pub target: Target,
     options: Vec<String>,
-    /// Holds the key, known_hosts and control socket; removed on drop, on every exit path that
-    /// runs destructors (errors and panics included).
-    dir: Option<TempDir>,
+    /// Holds known_hosts, the ssh config, the control socket and, only while connecting, the
+    /// key; removed on drop, on every exit path that runs destructors (errors and panics
+    /// included), and by the watchdog on the others.
+    dir: Option<temp::Dir>,
+    /// The private key, written to the directory only while a connection opens.
+    key: Option<String>,
 }
 
 impl<'p, 'a> Server<'p, 'a> {
@@ -149,28 +182,26 @@ impl<'p, 'a> Server<'p, 'a> {
             }
             plan.note(&["preflight would fail:\n", &list.join("\n")].concat());
         }
-        let mut server = Server::prepare(plan, project, target)?;
+        let server = Server::prepare(plan, project, target)?;
         server.connect()?;
         Ok(server)
     }
 
-    /// Writes the connection's files: key, pinned host key, ssh config.
+    /// Writes the connection's files but the key: pinned host key, ssh config; and starts the
+    /// watchdog that removes them, and ends the connection, once this process has ended, however
+    /// it ends. What runs killed earlier left is removed first.
     fn prepare(plan: &'p Plan<'a>, project: &Project, target: Target) -> Result<Server<'p, 'a>> {
         let layout = Layout::new(&project.settings);
         let (dir, base) = if plan.is_dry_run() {
             (None, "$TMP".to_string())
         } else {
-            let dir = plan.sh().create_temp_dir().context("creating a temp dir for the ssh key")?;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+            temp::sweep();
+            let dir = temp::Dir::new("ssh").context("creating a private temp dir for the ssh connection")?;
             let base = dir.path().display().to_string();
             (Some(dir), base)
         };
         if let Some(dir) = &dir {
-            // OpenSSH rejects a key or known_hosts without its final newline; secrets stores
-            // often strip it.
-            if let Some(key) = project.env.get("SSH_PRIVATE_KEY") {
-                write_private(&dir.path().join("id"), &[key.trim_end(), "\n"].concat())?;
-            }
+            // OpenSSH rejects known_hosts without its final newline; secrets stores often strip it.
             if let Some(known) = project.env.get("SSH_KNOWN_HOSTS") {
                 write_private(&dir.path().join("known_hosts"), &[known.trim_end(), "\n"].concat())?;
             }
@@ -182,8 +213,10 @@ impl<'p, 'a> Server<'p, 'a> {
                 &["$TMP/config, the ssh client configuration used below:\n", config.trim_end()].concat(),
             ),
         }
+        plan.watch(Cmd::script("watchdog.sh", WATCHDOG_SH).arg(std::process::id().to_string()).arg(&base))?;
         let options = vec!["-F".to_string(), [base.as_str(), "/config"].concat()];
-        Ok(Server { plan, layout, target, options, dir })
+        let key = project.env.get("SSH_PRIVATE_KEY").map(|k| [k.trim_end(), "\n"].concat());
+        Ok(Server { plan, layout, target, options, dir, key })
     }
 
     /// `ssh <options> lattice-server '<remote line>'`: ssh hands the line to the server's shell,
@@ -197,8 +230,20 @@ impl<'p, 'a> Server<'p, 'a> {
         Cmd::of("cd").arg(&self.layout.root).and(step)
     }
 
-    fn connect(&mut self) -> Result<()> {
-        self.plan.run(self.ssh(&Cmd::of("true").into())).with_context(|| {
+    /// Opens the shared connection. The key is written (0600, in the 0700 directory) just before
+    /// and removed right after, whether it worked or not: every later step rides on the
+    /// connection, so not even a `kill -9` of this process can leave the key behind for longer
+    /// than the connection takes to open (and then the watchdog removes it).
+    fn connect(&self) -> Result<()> {
+        let key = self.dir.as_ref().map(|dir| dir.path().join("id"));
+        if let (Some(path), Some(key)) = (&key, &self.key) {
+            write_private(path, key)?;
+        }
+        let connected = self.plan.run(self.ssh(&Cmd::of("true").into()));
+        if let Some(path) = &key {
+            let _ = std::fs::remove_file(path);
+        }
+        connected.with_context(|| {
             format!(
                 "cannot reach {user}@{host} on port {port}: check that the host is up and SSH_HOST/SSH_PORT/SSH_USER \
                  are right; \"Host key verification failed\" means SSH_KNOWN_HOSTS does not hold this server's key \
@@ -208,13 +253,18 @@ impl<'p, 'a> Server<'p, 'a> {
                 port = self.target.port,
                 host = self.target.host,
             )
-        })?;
-        // Every later step rides on the shared connection, so the key file is not needed again:
-        // removing it now means not even a `kill -9` of this process can leave it behind.
+        })
+    }
+
+    /// Opens the shared connection again after it dropped (a step failed with ssh's own exit
+    /// status 255): the dead master's socket is removed, and the key written again just for the
+    /// connect.
+    pub fn reconnect(&self) -> Result<()> {
+        self.plan.note("the connection to the server dropped: connect again");
         if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_file(dir.path().join("id"));
+            let _ = std::fs::remove_file(dir.path().join("cm"));
         }
-        Ok(())
+        self.connect()
     }
 
     pub fn plan(&self) -> &'p Plan<'a> {
@@ -362,6 +412,14 @@ fn release_names(listed: &str) -> Result<Vec<String>> {
 
 /// Writes the server's `.env` (see the script's header).
 pub const WRITE_ENV_SH: &str = include_str!("write_env.sh");
+/// Cleans up after the connection once the xtask has ended (see the script's header).
+const WATCHDOG_SH: &str = include_str!("watchdog.sh");
+
+/// Whether a remote step failed in ssh itself rather than in the command: OpenSSH exits with 255
+/// when the connection could not be made or dropped (xshell's error ends with the status).
+pub fn connection_lost(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.to_string().ends_with("`: 255"))
+}
 
 impl Drop for Server<'_, '_> {
     fn drop(&mut self) {
@@ -397,7 +455,8 @@ fn ssh_config(dir: &str, target: &Target) -> String {
         "  ServerAliveInterval 15".into(),
         "  ControlMaster auto".into(),
         ["  ControlPath ", dir, "/cm"].concat(),
-        "  ControlPersist 60".into(),
+        // The master ends 10 s after its last client: a killed run's does not stay logged in.
+        "  ControlPersist 10".into(),
     ];
     lines.iter().map(|l| [l.as_str(), "\n"].concat()).collect()
 }
@@ -428,21 +487,49 @@ pub fn who(env: &Env) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
     fn missing_ssh_settings_are_all_listed_with_how_to_get_the_host_key() {
-        let env = Env::from_pairs([("SSH_HOST", "203.0.113.9"), ("SSH_PRIVATE_KEY", "k")]);
+        let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-material\n-----END OPENSSH PRIVATE KEY-----\n";
+        let env = Env::from_pairs([("SSH_HOST", "203.0.113.9"), ("SSH_PRIVATE_KEY", key)]);
         let mut problems = vec![];
         Target::from_env(&env, &mut problems);
         let text = problems.join("\n");
-        assert!(text.contains("SSH_USER, SSH_KNOWN_HOSTS"), "{text}");
+        assert!(text.contains("missing environment variables: SSH_USER (set"), "{text}");
         assert!(text.contains("ssh-keyscan -p 22 203.0.113.9"), "{text}");
+        // Said once, with how to fill it.
+        assert_eq!(text.matches("SSH_KNOWN_HOSTS").count(), 2, "{text}");
+        assert_eq!(problems.len(), 2, "{text}");
+    }
+
+    #[test]
+    fn a_key_path_a_crlf_key_or_no_key_is_refused_saying_so_without_showing_it() {
+        let problem = |key: &str| {
+            let env = Env::from_pairs([("SSH_PRIVATE_KEY", key)]);
+            let mut problems = vec![];
+            Target::from_env(&env, &mut problems);
+            let text = problems.join("\n");
+            assert!(!text.contains("secret-material"), "{text}");
+            text
+        };
+        assert!(problem("~/.ssh/id_ed25519").contains("SSH_PRIVATE_KEY holds a file path"));
+        assert!(problem("/home/ann/.ssh/id_ed25519").contains("holds a file path"));
+        let crlf =
+            "-----BEGIN OPENSSH PRIVATE KEY-----\r\nsecret-material\r\n-----END OPENSSH PRIVATE KEY-----\r\n";
+        assert!(problem(crlf).contains("Windows line endings (CRLF)"));
+        assert!(problem("secret-material").contains("is not a private key"));
+        let good =
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-material\n-----END OPENSSH PRIVATE KEY-----\n";
+        assert!(!problem(good).contains("SSH_PRIVATE_KEY"), "{}", problem(good));
     }
 
     #[test]
     fn a_host_or_user_that_would_add_ssh_config_lines_is_refused_escaped() {
-        let base = [("SSH_PRIVATE_KEY", "k"), ("SSH_KNOWN_HOSTS", "h k")];
+        let base =
+            [("SSH_PRIVATE_KEY", "-----BEGIN OPENSSH PRIVATE KEY-----\nk\n"), ("SSH_KNOWN_HOSTS", "h k")];
         let check = |host: &str, user: &str, port: &str| {
             let env =
                 Env::from_pairs(base).with("SSH_HOST", host).with("SSH_USER", user).with("SSH_PORT", port);

@@ -10,11 +10,12 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{
+    connection_lost,
     history::{Action, Outcome},
-    Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
+    schema, Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
 };
 use crate::{env::Env, plan::Cmd};
 
@@ -34,10 +35,24 @@ pub struct Switch {
     pub elapsed_secs: u64,
     /// Test hook (`LATTICE_TEST_PAUSE_AT=switch|health`): print a marker and sleep 5 s there.
     pub pause_at: Option<String>,
+    /// Whether the previous release may run again should this one fail.
+    pub back: SwitchBack,
+}
+
+/// What the schema allows of a switch-back, as the deploy found it after migrating.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchBack {
+    /// Applied migrations the previous release's code does not know and that are not declared
+    /// backward-compatible (rollback's schema check): when there are any, the previous release is
+    /// not started again.
+    pub blocking: Vec<i64>,
+    /// The snapshot taken before the migrations, for the way back.
+    pub snapshot: Option<String>,
 }
 
 impl Switch {
-    /// The script's positional arguments: SHA PREVIOUS ACTION TIMEOUT WHO ELAPSED PROJECT IMAGE PAUSE.
+    /// The script's positional arguments: SHA PREVIOUS ACTION TIMEOUT WHO ELAPSED PROJECT IMAGE PAUSE
+    /// BLOCKING.
     pub fn args(&self, layout: &Layout) -> Vec<String> {
         let or_none = |value: Option<&str>| value.filter(|v| !v.is_empty()).unwrap_or("-").to_string();
         vec![
@@ -50,6 +65,7 @@ impl Switch {
             layout.settings.compose_project.clone(),
             layout.settings.image.clone(),
             or_none(self.pause_at.as_deref()),
+            or_none(Some(&self.back.blocking.iter().map(i64::to_string).collect::<Vec<_>>().join(","))),
         ]
     }
 
@@ -105,6 +121,15 @@ impl Switch {
                 .concat(),
         ];
         match self.previous.as_deref().filter(|p| *p != sha) {
+            Some(previous) if !self.back.blocking.is_empty() => lines.extend([
+                format!(
+                    "then: {previous} is not started again (migrations {} are applied, which its code does not know): \
+                     {}",
+                    schema::list(&self.back.blocking),
+                    Cmd::of("docker rm --force").arg("<old>")
+                ),
+                record(Action::SwitchBack, previous, Outcome::Refused).to_string(),
+            ]),
             Some(previous) => lines.extend([
                 ["then back: ", &layout.switch(previous).to_string()].concat(),
                 wait("<old>", "leader"),
@@ -135,8 +160,20 @@ impl Switch {
             SWITCH_SH,
         )?;
         let pid = lock.detach(plan, &args)?;
-        // Follows the script's output until it exits; a dead connection here does not stop it.
-        server.run(Cmd::of("tail -n +1").arg(["--pid=", &pid].concat()).args(["-f", SWITCH_LOG]))?;
+        // Follows the script's output until it exits; a dead connection here does not stop it, and
+        // the client connects again to wait for its end and read its result.
+        let follow = || Cmd::of("tail -n +1").arg(["--pid=", &pid].concat()).args(["-f", SWITCH_LOG]);
+        let mut attempts = 0;
+        while let Err(err) = server.run(follow()) {
+            attempts += 1;
+            if !connection_lost(&err) || attempts > 3 {
+                return Err(err);
+            }
+            server.reconnect().context(
+                "the connection dropped while following the switch, which goes on on the server, and connecting \
+                 again failed: `cargo xtask status` shows how it ended",
+            )?;
+        }
         let result =
             server.read(Cmd::of("cat").arg(SWITCH_RESULT).without_errors().or(Cmd::of("echo none")))?;
         if plan.is_dry_run() {
@@ -149,22 +186,44 @@ impl Switch {
                 "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
             ),
             ("no-previous", _) => "there is no previous release to switch back to".to_string(),
+            ("back-refused", Some(previous)) => {
+                let restore = match &self.back.snapshot {
+                    Some(name) => format!(
+                        "`cargo xtask restore {name} --yes` (the database as it was before this deploy's migrations)"
+                    ),
+                    None => "restore the database from a backup taken before this deploy".to_string(),
+                };
+                bail!(
+                    "{sha} did not take over (a ready standby, then the leader) within {timeout} s, and {previous} \
+                     was NOT started again: the database now has migrations {} that its code does not know and \
+                     that are not declared backward-compatible. No bot runs. To go back: {restore}, then \
+                     `cargo xtask rollback --sha {previous}`. {sha}'s last log lines:\n{}",
+                    schema::list(&self.back.blocking),
+                    self.bot_logs(server)
+                )
+            }
             (other, _) => bail!(
-                "the switch script on the server ended without a result ({other:?}): read {root}/{SWITCH_LOG} there, \
-                 then `cargo xtask status`",
+                "the switch script on the server ended without a result ({other:?}): it was killed or the server \
+                 rebooted. Read {root}/{SWITCH_LOG} there and `cargo xtask status`; the next deploy or rollback \
+                 settles the unfinished switch (`current` back to the release before it)",
                 root = layout.root
             ),
         };
-        let logs = server
-            .read(Cmd::of("tail -n 40").arg(SWITCH_BOT_LOGS).without_errors().or(Cmd::of("true")))
-            .unwrap_or_default();
+        let logs = self.bot_logs(server);
         bail!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
+    }
+
+    /// The failed new container's last log lines, as the script kept them.
+    fn bot_logs(&self, server: &Server) -> String {
+        server
+            .read(Cmd::of("tail -n 40").arg(SWITCH_BOT_LOGS).without_errors().or(Cmd::of("true")))
+            .unwrap_or_default()
     }
 }
 
 /// The project's running bot containers, as the switch script finds them (`bots` there): by
 /// Compose's labels, one-off `run` containers left out.
-fn running_bots(layout: &Layout) -> Cmd {
+pub fn running_bots(layout: &Layout) -> Cmd {
     Cmd::of("docker ps --quiet")
         .arg("--filter")
         .arg(["label=com.docker.compose.project=", &layout.settings.compose_project].concat())
@@ -191,7 +250,14 @@ impl Switch {
             who: super::who(env),
             elapsed_secs: started.elapsed().as_secs(),
             pause_at: pause_at(env),
+            back: SwitchBack::default(),
         }
+    }
+
+    /// The same switch, with what the schema allows of a switch-back.
+    pub fn with_back(mut self, back: SwitchBack) -> Switch {
+        self.back = back;
+        self
     }
 }
 
@@ -207,6 +273,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use crate::remote::SWITCH_INTENT;
     use crate::{remote::history, settings::Settings};
 
     /// A `docker` for the switch script, with containers: FAKE_DOCKER_STATE holds one line per bot
@@ -268,6 +335,17 @@ esac
         standby: &[&str],
         leads: &[&str],
     ) -> Ran {
+        run_switch_blocked(previous, running, standby, leads, &[])
+    }
+
+    /// [`run_switch_with`] after migrations `blocking` the previous release's code does not know.
+    fn run_switch_blocked(
+        previous: Option<&str>,
+        running: Option<&str>,
+        standby: &[&str],
+        leads: &[&str],
+        blocking: &[i64],
+    ) -> Ran {
         let sh = xshell::Shell::new().unwrap();
         let dir = sh.create_temp_dir().unwrap();
         let d = dir.path();
@@ -286,6 +364,7 @@ esac
             who: "ann on laptop".into(),
             elapsed_secs: 7,
             pause_at: None,
+            back: SwitchBack { blocking: blocking.to_vec(), snapshot: None },
         };
         std::fs::write(d.join(SWITCH_SCRIPT), SWITCH_SH).unwrap();
         let path = std::env::var_os("PATH").unwrap();
@@ -303,6 +382,7 @@ esac
             .status()
             .unwrap();
         assert!(status.success());
+        assert!(!d.join(SWITCH_INTENT).exists(), "a finished switch left its intent line");
         let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
         let lines = |text: String| text.lines().map(str::to_string).collect();
         Ran {
@@ -455,6 +535,22 @@ esac
     }
 
     #[test]
+    fn after_migrations_the_old_code_does_not_know_the_old_bot_is_never_started_again() {
+        // Failed after taking over: the old one was stopped, and stays stopped (removed).
+        let ran = run_switch_blocked(Some("aaaaaaa"), Some("aaaaaaa"), &["bbbbbbb"], &[], &[5]);
+        assert_eq!((ran.result.as_str(), ran.current.as_str()), ("back-refused", "releases/bbbbbbb"));
+        assert!(!handover_steps(&ran.calls).iter().any(|s| s.starts_with("start")), "{:#?}", ran.calls);
+        assert_eq!(ran.bots, Vec::<String>::new());
+        // Never a standby: the old one, still serving on a schema its code does not know, is stopped.
+        let ran = run_switch_blocked(Some("aaaaaaa"), Some("aaaaaaa"), &["aaaaaaa"], &["aaaaaaa"], &[5]);
+        assert_eq!(ran.result, "back-refused");
+        assert_eq!(ran.bots, Vec::<String>::new());
+        let got: Vec<(&str, &str, &str)> =
+            ran.lines.iter().map(|l| (l.action.as_str(), l.sha.as_str(), l.result.as_str())).collect();
+        assert_eq!(got, [("deploy", "bbbbbbb", "unhealthy"), ("switch-back", "aaaaaaa", "refused")]);
+    }
+
+    #[test]
     fn the_script_runs_the_compose_commands_the_plan_shows() {
         let layout = Layout::new(&Settings::default());
         let switch = Switch {
@@ -465,6 +561,7 @@ esac
             who: "ann".into(),
             elapsed_secs: 0,
             pause_at: None,
+            back: SwitchBack::default(),
         };
         let story = switch.story(&layout);
         let ran = run_switch(Some("aaaaaaa"), &["bbbbbbb"], &["bbbbbbb"]);

@@ -2,13 +2,14 @@
 # The switch: uploaded as .switch.sh into the deploy directory by cargo xtask and started there by
 # the lock's session, detached and holding the deploy lock, so a client that dies cannot leave
 # `current` and the running containers apart:
-#   sh .switch.sh SHA PREVIOUS ACTION TIMEOUT WHO ELAPSED PROJECT IMAGE PAUSE
+#   sh .switch.sh SHA PREVIOUS ACTION TIMEOUT WHO ELAPSED PROJECT IMAGE PAUSE BLOCKING
 # Points `current` at releases/SHA and hands the bot over to it make-before-break (see handover
 # below), waiting up to TIMEOUT s per step, and appends the outcome to deploys.log as ACTION
 # (deploy or rollback) by WHO, ELAPSED seconds added for what ran before. Failed: keeps the new
 # bot's last log lines in .switch.bot-logs, records it, points `current` back at PREVIOUS (- for
 # none) with its bot serving and records that as switch-back. Its last act is writing
-# .switch.result: healthy, back-ok, back-unhealthy or no-previous. PROJECT is the compose project,
+# .switch.result: healthy, back-ok, back-unhealthy, back-refused or no-previous; its first is the
+# intent line `.switch.intent` (time ACTION SHA PREVIOUS WHO), removed with the result. PROJECT is the compose project,
 # IMAGE the image repository (tags are shas). PAUSE (switch or health; - otherwise) is a test
 # hook: print `lattice test pause: <step>` there and sleep 5 s.
 #
@@ -22,6 +23,9 @@
 # removed by id with plain `docker`, which Compose takes as the service scaled back to one.
 set -eu
 sha=$1 previous=$2 action=$3 timeout=$4 who=$5 elapsed=$6 project=$7 image=$8 pause=$9
+# Applied migrations the previous release's code does not know (not declared backward-compatible),
+# comma-separated, or `-`: when there are any, the previous release is never started again.
+blocking=${10}
 start=$(date +%s)
 
 # `docker compose` for one release: its own files and image (see Layout::stack).
@@ -44,8 +48,10 @@ switch() {
 	ln -sfn "releases/$1" current.new && mv -T current.new current
 }
 
+# The script's last act: its result, and the intent line removed (the switch is over and recorded).
 result() {
 	echo "$1" >.switch.result.new && mv .switch.result.new .switch.result
+	rm -f .switch.intent
 }
 
 pause() {
@@ -128,7 +134,7 @@ handover() {
 	# Stopped first, so whatever it took (lock, session) is handed back as the old one's would be.
 	docker stop "$new" >/dev/null || true
 	docker rm --force "$new" >/dev/null
-	if [ -n "$old" ]; then
+	if [ -n "$old" ] && [ "$blocking" = - ]; then
 		echo "start the old bot again"
 		# shellcheck disable=SC2086 # one word per id
 		docker start $old >/dev/null || true
@@ -136,6 +142,10 @@ handover() {
 	return 2
 }
 
+# Written before anything changes: should this script not get to its result (killed, the server
+# rebooted), the next deploy, rollback or status finds what was under way (see intent in switch.rs).
+printf '%s %s %s %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$action" "$sha" "$previous" "$who" >.switch.intent.new
+mv .switch.intent.new .switch.intent
 echo "switch current to $sha"
 switch "$sha"
 pause switch
@@ -149,6 +159,18 @@ fi
 record "$action" "$sha" unhealthy "$elapsed"
 if [ "$previous" = - ] || [ "$previous" = "$sha" ]; then
 	result no-previous
+	exit 0
+fi
+if [ "$blocking" != - ]; then
+	# The old code cannot run on the migrated schema: it is not started again, and one that still
+	# serves (it never handed over) is stopped. Nothing runs until the snapshot is restored and the
+	# previous release rolled back to.
+	echo "$sha did not take over; $previous is NOT started again: migrations $blocking are applied, which its code does not know"
+	for id in $old; do
+		docker rm --force "$id" >/dev/null || true
+	done
+	record switch-back "$previous" refused 0
+	result back-refused
 	exit 0
 fi
 echo "$sha did not take over: switching back to $previous"
