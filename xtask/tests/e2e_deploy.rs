@@ -1001,6 +1001,21 @@ fn e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records(h: &mut
     killed_at(h, "health");
 }
 
+/// `sql` run in the server's database, its rows printed unaligned.
+fn psql(h: &Harness, sql: &str) -> String {
+    stdout(Command::new("docker").args([
+        "exec",
+        &h.container("postgres"),
+        "psql",
+        "-U",
+        "lattice",
+        "-d",
+        "lattice",
+        "-tAc",
+        sql,
+    ]))
+}
+
 /// A release whose migration the previous code does not know (it empties a table), and whose bot
 /// never takes over: the deploy snapshots the database before migrating, does not start the old
 /// code again on the new schema, and names the snapshot and the two commands that bring it back;
@@ -1010,19 +1025,6 @@ fn e2e_a_deploy_killed_during_the_health_wait_still_switches_and_records(h: &mut
 fn e2e_a_bad_migration_is_kept_from_the_old_code_and_undone_from_its_snapshot(h: &mut Harness) {
     let before = h.assert_consistent();
     let root = h.home.join(&h.deploy_path);
-    let psql = |h: &Harness, sql: &str| {
-        stdout(Command::new("docker").args([
-            "exec",
-            &h.container("postgres"),
-            "psql",
-            "-U",
-            "lattice",
-            "-d",
-            "lattice",
-            "-tAc",
-            sql,
-        ]))
-    };
     psql(
         h,
         "create table if not exists e2e_kept (note text); insert into e2e_kept values ('written before F')",
@@ -1371,10 +1373,7 @@ fn e2e_a_dropped_connection_is_said_and_a_switch_is_followed_to_its_end(h: &mut 
     let image = format!("{}:{before}", h.image);
     // The database lacks the running image's newest migration (E's), so this deploy migrates.
     let head = h.applied_schema_head();
-    let postgres = h.container("postgres");
-    let undo = format!("delete from _sqlx_migrations where version = {head}; drop table e2e_release_e");
-    run(Command::new("docker")
-        .args(["exec", &postgres, "psql", "-U", "lattice", "-d", "lattice", "-c", &undo]));
+    psql(h, &format!("delete from _sqlx_migrations where version = {head}; drop table e2e_release_e"));
     let sha = h.retagged_release(&image, "J: deployed over a connection that drops");
     let (ok, text) = xtask_disconnected_at(h, &["deploy", "--sha", &sha], "migrate");
     assert!(!ok, "{text}");

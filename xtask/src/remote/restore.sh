@@ -6,6 +6,7 @@
 # tables of later migrations go too, and a failure leaves the database as it was.
 set -eu
 {
+	echo 'set client_min_messages = warning;'
 	echo 'drop schema public cascade;'
 	echo 'create schema public;'
 	pg_restore --no-owner --no-privileges -f -
