@@ -7,7 +7,8 @@
 //! DESCRIPTION
 //!     The current release's sha, its image digest, since when it runs, the health of each
 //!     container, the last N lines of `deploys.log`, who holds the deploy lock, if anyone, and a
-//!     switch that never finished (killed, or cut off by a reboot), if there is one.
+//!     switch that never finished (killed, or cut off by a reboot), if there is one, and the
+//!     database snapshots kept on the server.
 //!     Reads only; takes no lock.
 
 use anyhow::Result;
@@ -30,6 +31,7 @@ impl flags::Status {
             None => server.unfinished_switch(&lines)?,
             Some(_) => None,
         };
+        let snapshots = server.snapshots()?;
         let (digest, health) = match &now {
             Some(sha) => {
                 let layout = &server.layout;
@@ -61,6 +63,16 @@ impl flags::Status {
             println!("  {service:<10} {state:<10} {health}");
         }
         println!("lock:     {}", holder.as_deref().map(str::trim).unwrap_or("free"));
+        match snapshots.last() {
+            Some(newest) => println!(
+                "snapshots: {} under {}/snapshots, newest {newest} (`cargo xtask restore <name> --yes`)",
+                snapshots.len(),
+                server.layout.root
+            ),
+            None => {
+                println!("snapshots: none yet (a deploy takes one before migrating; `cargo xtask backup`)")
+            }
+        }
         if let Some(unfinished) = &unfinished {
             println!(
                 "UNFINISHED: {} did not finish (its script was killed or the server rebooted), so what runs may not \
