@@ -9,11 +9,11 @@
 //!     the registry, that commit's compose overlays are valid, the SSH settings are complete. Every
 //!     problem is listed at once. Then, over one SSH connection: check the server's `.env` has every
 //!     app variable (names only), take the lock, refuse a commit that is an ancestor of the running
-//!     release (deploys go forward; `rollback` goes back, or `--allow-older`), upload the release's own compose files, pull,
-//!     compare the migrations the image carries (label `lattice.schema.head`) with those the
-//!     database has: when it has them all, neither snapshot nor migration; otherwise snapshot the
-//!     database (`pg_dump -Fc` into `<deploy_path>/snapshots`, the newest `snapshots_kept` kept)
-//!     and migrate (`compose run --rm bot migrate`; a failure stops here and the running release
+//!     release (deploys go forward; `rollback` goes back, or `--allow-older`), upload the release's
+//!     own compose files, pull, compare the migrations the image carries (label
+//!     `lattice.schema.head`) with those the database has: when it has them all, neither snapshot
+//!     nor migration; otherwise snapshot the database (`pg_dump -Fc` into
+//!     `<deploy_path>/snapshots`, the newest `snapshots_kept` kept) and migrate (`compose run --rm bot migrate`; a failure stops here and the running release
 //!     is left untouched). Then switch `current` and hand the bot over make-before-break until the
 //!     new one leads (it never did: switch back to the previous release, whose bot serves again,
 //!     record both, fail with the new container's last log lines), record in `deploys.log`, prune
@@ -22,7 +22,8 @@
 //!     The switch-back asks what rollback asks: when the database now has migrations the previous
 //!     release's code does not know and that are not declared backward-compatible, that code is
 //!     not started again (a bot of it still serving is stopped); the error names the snapshot and
-//!     the way back: `cargo xtask restore <snapshot> --yes`, then `cargo xtask rollback --sha <previous>`.
+//!     the way back: `cargo xtask restore <snapshot> --yes`, then
+//!     `cargo xtask rollback --sha <previous>`.
 //!
 //!     The switch, handover, switch-back and record are one script (`.switch.sh`) that the lock's
 //!     own ssh session starts detached (`setsid nohup`): it inherits the locked file descriptor, so
