@@ -400,18 +400,7 @@ impl Harness {
     }
 
     fn applied_schema_head(&self) -> String {
-        let postgres = self.container("postgres");
-        stdout(Command::new("docker").args([
-            "exec",
-            &postgres,
-            "psql",
-            "-U",
-            "lattice",
-            "-d",
-            "lattice",
-            "-tAc",
-            "select max(version) from _sqlx_migrations where success",
-        ]))
+        psql(self, "select max(version) from _sqlx_migrations where success")
     }
 
     /// What a user notices after a switch: the bot container runs that sha's image and is healthy.
