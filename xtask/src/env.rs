@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{bail, Context, Result};
 
 /// What the bot needs on the server; `cargo xtask secrets` writes these to the server's `.env`.
+/// `OPENROUTER_API_KEY` only with the OpenRouter provider: see [`required_app_vars`].
 pub const APP_VARS: &[&str] = &[
     "DISCORD_TOKEN",
     "DISCORD_GUILD_ID",
@@ -34,6 +35,14 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "REPLY_LEASE_SECS",
     "RUST_LOG",
 ];
+
+/// The app variables a server's `.env` must hold when it sets `LLM_PROVIDER` to `provider` (unset:
+/// the bot's default, OpenRouter): the placeholder provider answers locally and needs no key, as
+/// the bot's own configuration says.
+pub fn required_app_vars(provider: Option<&str>) -> Vec<&'static str> {
+    let placeholder = provider.map(str::trim) == Some("placeholder");
+    APP_VARS.iter().copied().filter(|name| !(placeholder && *name == "OPENROUTER_API_KEY")).collect()
+}
 
 /// Settings for development and tests that production must not get by accident (a leftover
 /// stand-in URL would send the real Discord token over plain HTTP): where the server's compose
