@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    compose, flags,
+    compose, flags, notify,
     plan::{Cmd, Line, Plan},
     project::Project,
     registry,
@@ -151,8 +151,21 @@ fn validate_overlays(
     Ok(())
 }
 
+/// The deploy, and its notification (`LATTICE_NOTIFY_WEBHOOK`) whatever the outcome.
 pub fn deploy(plan: &Plan, project: &Project, sha: &str, lock_wait: Option<u64>) -> Result<()> {
     let started = Instant::now();
+    let result = deploy_steps(plan, project, sha, lock_wait, started);
+    notify::outcome(plan, &project.env, Action::Deploy, sha, started, &result);
+    result
+}
+
+fn deploy_steps(
+    plan: &Plan,
+    project: &Project,
+    sha: &str,
+    lock_wait: Option<u64>,
+    started: Instant,
+) -> Result<()> {
     let (server, files) = preflight(plan, project, sha)?;
     let Some(files) = files else { bail!("preflight failed") };
     let sha = files.sha.clone();

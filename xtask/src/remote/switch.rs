@@ -16,7 +16,7 @@ use super::{
     history::{Action, Outcome},
     Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
 };
-use crate::{env::Env, plan::Cmd};
+use crate::{env::Env, notify::SwitchedBack, plan::Cmd};
 
 /// The switch script (see its header).
 const SWITCH_SH: &str = include_str!("switch.sh");
@@ -144,11 +144,17 @@ impl Switch {
         }
         let back = match (result.trim(), self.previous.as_deref()) {
             ("healthy", _) => return Ok(()),
-            ("back-ok", Some(previous)) => format!("switched back to {previous}, which serves again"),
-            ("back-unhealthy", Some(previous)) => format!(
-                "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
-            ),
-            ("no-previous", _) => "there is no previous release to switch back to".to_string(),
+            ("back-ok", Some(previous)) => {
+                Some((previous, true, format!("switched back to {previous}, which serves again")))
+            }
+            ("back-unhealthy", Some(previous)) => Some((
+                previous,
+                false,
+                format!(
+                    "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
+                ),
+            )),
+            ("no-previous", _) => None,
             (other, _) => bail!(
                 "the switch script on the server ended without a result ({other:?}): read {root}/{SWITCH_LOG} there, \
                  then `cargo xtask status`",
@@ -158,7 +164,15 @@ impl Switch {
         let logs = server
             .read(Cmd::of("tail -n 40").arg(SWITCH_BOT_LOGS).without_errors().or(Cmd::of("true")))
             .unwrap_or_default();
-        bail!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
+        let failed = |back: &str| {
+            format!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
+        };
+        match back {
+            Some((previous, healthy, back)) => {
+                Err(SwitchedBack { previous: previous.to_string(), healthy, message: failed(&back) }.into())
+            }
+            None => bail!(failed("there is no previous release to switch back to")),
+        }
     }
 }
 
