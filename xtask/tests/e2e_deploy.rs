@@ -1073,6 +1073,27 @@ fn e2e_deploy_notifications_reach_the_webhook_and_never_block_a_deploy(h: &mut H
     assert!(text.contains("warning: the deploy notification was not sent"), "{text}");
     assert!(!h.transcript.contains("e2e-webhook-token-Wq93nLs"), "the webhook URL was printed");
     h.assert_serving(&sha);
+
+    // `status --json` for scripts: the same facts as the human output.
+    let out = h.xtask(&["status", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    assert_eq!(status["current"], sha.as_str(), "{status}");
+    assert!(status["lock"].is_null(), "{status}");
+    let bot = status["containers"].as_array().unwrap().iter().find(|c| c["service"] == "bot").cloned();
+    assert_eq!(bot.map(|b| b["health"].clone()), Some("healthy".into()), "{status}");
+    let last = status["history"].as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!(
+        (&last["action"], &last["sha"], &last["result"]),
+        (&"deploy".into(), &sha.as_str().into(), &"ok".into()),
+        "{status}"
+    );
+    let human = h.xtask_ok(&["status"]);
+    assert!(
+        human.contains(&format!("current:  {sha}")) && human.contains(status["image"].as_str().unwrap()),
+        "{human}"
+    );
 }
 
 /// The secret scan: every byte the xtask printed, the containers' logs, the server's files.
