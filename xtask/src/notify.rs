@@ -72,12 +72,15 @@ pub fn outcome(
     }
 }
 
-/// The first line of an error chain, short enough for a chat line (errors never hold secrets).
+/// An error chain on one line, short enough for a chat line (errors never hold secrets): a list
+/// of problems keeps its first ones.
 fn reason(err: &anyhow::Error) -> String {
     let text = format!("{err:#}");
-    let first = text.lines().next().unwrap_or("").trim();
-    let mut short: String = first.chars().take(300).collect();
-    if short.len() < first.len() {
+    let one_line: Vec<&str> =
+        text.lines().map(|l| l.trim().trim_start_matches("- ")).filter(|l| !l.is_empty()).collect();
+    let one_line = one_line.join(" ");
+    let mut short: String = one_line.chars().take(300).collect();
+    if short.len() < one_line.len() {
         short.push('…');
     }
     short
@@ -166,7 +169,9 @@ mod tests {
                 .context("deploy x");
         let back = err.chain().find_map(|e| e.downcast_ref::<SwitchedBack>()).unwrap();
         assert!(back.healthy && back.previous.starts_with('b'));
-        assert_eq!(reason(&anyhow::anyhow!("one\ntwo").context("deploy x")), "deploy x: one");
+        let problems = anyhow::anyhow!("2 problems:\n  - one\n  - two").context("deploy x");
+        assert_eq!(reason(&problems), "deploy x: 2 problems: one two");
+        assert!(reason(&anyhow::anyhow!("{}", "x".repeat(400))).ends_with("x…"));
     }
 
     #[test]
