@@ -1041,6 +1041,7 @@ fn e2e_deploy_notifications_reach_the_webhook_and_never_block_a_deploy(h: &mut H
     run(Command::new("docker").args(["commit", "--change", "ENV HTTP_PORT=0", probe.trim(), &broken]));
     run(Command::new("docker").args(["rm", probe.trim()]));
     let sha_broken = h.retagged_release(&broken, "N: never stands by");
+    run(Command::new("docker").args(["rmi", "--no-prune", &broken]));
     let out = h.xtask_with(&["deploy", "--sha", &sha_broken], &hook);
     assert!(!out.status.success(), "the unhealthy release succeeded:\n{}", show(&out));
     h.assert_serving(&before);
