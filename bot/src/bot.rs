@@ -145,6 +145,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("binding the HTTP port 0.0.0.0:{} (HTTP_PORT)", cfg.http_port))?;
     let app = crate::http::router(health.clone());
+    if let Some(webhook) = cfg.alert_webhook.clone() {
+        tokio::spawn(crate::alert::run(health.clone(), webhook, cfg.alert_after));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -13,7 +13,7 @@ use twilight_model::id::{
 
 /// Variables whose values must never be printed.
 pub const SECRET_VARS: &[&str] =
-    &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "DATABASE_URL"];
+    &["DISCORD_TOKEN", "OPENROUTER_API_KEY", "POSTGRES_PASSWORD", "DATABASE_URL", "LATTICE_NOTIFY_WEBHOOK"];
 
 pub const DEFAULT_OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
 /// Discord's REST API and gateway, where twilight goes unless pointed at a stand-in.
@@ -53,6 +53,8 @@ pub const SETTINGS: &[&str] = &[
     "SHUTDOWN_TIMEOUT_SECS",
     "GATEWAY_GRACE_SECS",
     "REPLY_LEASE_SECS",
+    "LATTICE_NOTIFY_WEBHOOK",
+    "ALERT_AFTER_SECS",
 ];
 
 /// A snapshot of the environment, so parsing is a pure function that unit tests can drive.
@@ -160,7 +162,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A URL whose scheme must be one of `schemes`. URLs here are never secret.
+    /// A URL whose scheme must be one of `schemes`. Its value is never put in an error (a webhook URL is a secret).
     fn url(&mut self, name: &str, schemes: &[&str]) -> Option<String> {
         let raw = self.env.get(name)?;
         let ok = schemes
@@ -319,6 +321,10 @@ pub struct Config {
     /// A reply claim's lease, renewed while the reply is worked on; an instance that dies leaves
     /// it to expire and the leader re-takes it (`REPLY_LEASE_SECS`).
     pub reply_lease: Duration,
+    /// The Discord webhook runtime alerts go to (`LATTICE_NOTIFY_WEBHOOK`, a secret); `None`: no alerts.
+    pub alert_webhook: Option<String>,
+    /// How long the bot must be unhealthy before it alerts (`ALERT_AFTER_SECS`).
+    pub alert_after: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -343,6 +349,8 @@ impl fmt::Debug for Config {
             .field("db", &self.db)
             .field("http_port", &self.http_port)
             .field("git_sha", &self.git_sha)
+            .field("alert_webhook", &self.alert_webhook.as_ref().map(|_| "<redacted>"))
+            .field("alert_after", &self.alert_after)
             .finish()
     }
 }
@@ -390,6 +398,8 @@ impl Config {
         let shutdown_timeout = Duration::from_secs(r.number("SHUTDOWN_TIMEOUT_SECS", 8u64, 1, 300));
         let gateway_grace = Duration::from_secs(r.number("GATEWAY_GRACE_SECS", 10u64, 1, 600));
         let reply_lease = Duration::from_secs(r.number("REPLY_LEASE_SECS", 30u64, 3, 3600));
+        let alert_webhook = r.url("LATTICE_NOTIFY_WEBHOOK", &["https", "http"]);
+        let alert_after = Duration::from_secs(r.number("ALERT_AFTER_SECS", 60u64, 1, 86_400));
         r.finish(|| Config {
             discord_token: discord_token.expect("checked"),
             guild_id: guild_id.expect("checked"),
@@ -413,6 +423,8 @@ impl Config {
             shutdown_timeout,
             gateway_grace,
             reply_lease,
+            alert_webhook,
+            alert_after,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! The binary's subcommands live in `main.rs`; this library holds the parts, so the integration
 //! tests can run the Discord stand-in in-process from the same code as `lattice-bot discord-standin`.
 
+pub mod alert;
 pub mod bot;
 pub mod chat;
 pub mod config;

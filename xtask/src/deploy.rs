@@ -41,7 +41,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    compose, flags,
+    compose, flags, notify,
     plan::{Cmd, Line, Plan},
     project::Project,
     registry,
@@ -180,6 +180,7 @@ fn validate_overlays(
     Ok(())
 }
 
+/// The deploy, and its notification (`LATTICE_NOTIFY_WEBHOOK`) whatever the outcome.
 pub fn deploy(
     plan: &Plan,
     project: &Project,
@@ -188,6 +189,19 @@ pub fn deploy(
     allow_older: bool,
 ) -> Result<()> {
     let started = Instant::now();
+    let result = deploy_steps(plan, project, sha, lock_wait, allow_older, started);
+    notify::outcome(plan, &project.env, Action::Deploy, sha, started, &result);
+    result
+}
+
+fn deploy_steps(
+    plan: &Plan,
+    project: &Project,
+    sha: &str,
+    lock_wait: Option<u64>,
+    allow_older: bool,
+    started: Instant,
+) -> Result<()> {
     let (server, files) = preflight(plan, project, sha)?;
     let Some(files) = files else { bail!("preflight failed") };
     let sha = files.sha.clone();

@@ -2,9 +2,9 @@
 //!     cargo xtask doctor — are the tools Lattice needs here, and which versions?
 //!
 //! DESCRIPTION
-//!     Probes docker, the engine, Compose v2 (plugin), BuildKit (buildx), ssh and git, prints each with
-//!     its version, and says precisely what is missing and how to get it. Exits non-zero when a
-//!     required tool is missing. Compose v1 alone is reported as unsupported.
+//!     Probes docker, the engine, Compose v2 (plugin), BuildKit (buildx), ssh, git and curl (deploy
+//!     notifications; optional), prints each with its version, and says precisely what is missing
+//!     and how to get it. Exits non-zero when a required tool is missing. Compose v1 alone is reported as unsupported.
 
 use anyhow::{bail, Result};
 
@@ -106,6 +106,19 @@ impl flags::Doctor {
                 None => {
                     Verdict::Missing("no git: images are tagged with the commit (apt-get install git)".into())
                 }
+            },
+        });
+
+        let curl = plan.probe(Cmd::of("curl --version"));
+        checks.push(Check {
+            name: "curl",
+            required: false,
+            verdict: match curl {
+                Some(out) => Verdict::Ok(version_in(&out).unwrap_or(&out).to_string()),
+                None => Verdict::Missing(
+                    "no curl: deploys cannot post to LATTICE_NOTIFY_WEBHOOK (they still run; apt-get install curl)"
+                        .into(),
+                ),
             },
         });
 

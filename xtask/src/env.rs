@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{bail, Context, Result};
 
 /// What the bot needs on the server; `cargo xtask secrets` writes these to the server's `.env`.
+/// `OPENROUTER_API_KEY` only with the OpenRouter provider: see [`required_app_vars`].
 pub const APP_VARS: &[&str] = &[
     "DISCORD_TOKEN",
     "DISCORD_GUILD_ID",
@@ -32,8 +33,18 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "SHUTDOWN_TIMEOUT_SECS",
     "GATEWAY_GRACE_SECS",
     "REPLY_LEASE_SECS",
+    "LATTICE_NOTIFY_WEBHOOK",
+    "ALERT_AFTER_SECS",
     "RUST_LOG",
 ];
+
+/// The app variables a server's `.env` must hold when it sets `LLM_PROVIDER` to `provider` (unset:
+/// the bot's default, OpenRouter): the placeholder provider answers locally and needs no key, as
+/// the bot's own configuration says.
+pub fn required_app_vars(provider: Option<&str>) -> Vec<&'static str> {
+    let placeholder = provider.map(str::trim) == Some("placeholder");
+    APP_VARS.iter().copied().filter(|name| !(placeholder && *name == "OPENROUTER_API_KEY")).collect()
+}
 
 /// Settings for development and tests that production must not get by accident (a leftover
 /// stand-in URL would send the real Discord token over plain HTTP): where the server's compose
@@ -207,6 +218,7 @@ fn dotenv_value(raw: &str) -> std::result::Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn dotenv_lines_parse() {
@@ -327,5 +339,132 @@ mod tests {
             })
             .collect();
         assert!(missing.is_empty(), "in .env.example but never written to the server: {missing:?}");
+    }
+
+    /// Names no person sets, which `.env.example` therefore leaves out, each with the reason.
+    const NOT_FOR_PEOPLE: &[(&str, &str)] = &[
+        ("PATH", "the system's"),
+        ("USER", "the system's (who deployed)"),
+        ("LOGNAME", "the system's (who deployed)"),
+        ("GITHUB_ACTIONS", "set by GitHub Actions"),
+        ("GITHUB_ACTOR", "set by GitHub Actions"),
+        ("GITHUB_REPOSITORY", "set by GitHub Actions"),
+        ("GITHUB_SERVER_URL", "set by GitHub Actions"),
+        ("ACTIONS_RUNTIME_TOKEN", "set by GitHub Actions"),
+        ("CARGO_TARGET_DIR", "cargo's own"),
+        ("CARGO_TERM_COLOR", "cargo's own"),
+        ("LATTICE_TEST_PAUSE_AT", "a hook of the deploy end-to-end test"),
+        ("LATTICE_GIT_SHA", "the image carries it"),
+        ("LATTICE_DEV_BUILD", "set by `cargo xtask dev` for Compose"),
+        ("BOT_IMAGE", "each release's release.env on the server"),
+        ("STANDIN_GUILD_ID", "the local stand-in's ids, its built-in world by default"),
+        ("STANDIN_MAIN_CHANNEL_ID", "the local stand-in's ids, its built-in world by default"),
+        ("STANDIN_DREAM_CHANNEL_ID", "the local stand-in's ids, its built-in world by default"),
+    ];
+
+    fn is_env_name(name: &str) -> bool {
+        name.len() > 2
+            && name.starts_with(|c: char| c.is_ascii_uppercase())
+            && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    }
+
+    /// The environment variables a Rust source reads, outside its unit tests: the literal first
+    /// argument of an environment lookup (`env.get("X")`, `std::env::var("X")`, the bot's
+    /// `r.number("X", …)` and kin), the names in `const …_VARS` / `SETTINGS` lists, and
+    /// `const …_VAR: &str = "X"`.
+    fn names_read_by(source: &str) -> BTreeSet<String> {
+        let code = source.split("#[cfg(test)]\nmod tests").next().unwrap_or(source);
+        let mut names = BTreeSet::new();
+        let quoted = |text: &str| -> Vec<String> {
+            text.split('"').skip(1).step_by(2).filter(|n| is_env_name(n)).map(str::to_string).collect()
+        };
+        for call in [
+            "get(\"",
+            "var(\"",
+            "var_os(\"",
+            "required(\"",
+            "number(\"",
+            "url(\"",
+            "snowflake(\"",
+            "checked(\"",
+        ] {
+            for (at, _) in code.match_indices(call) {
+                let rest = &code[at + call.len()..];
+                let name = &rest[..rest.find('"').unwrap_or(0)];
+                if is_env_name(name) {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        for decl in code.split("const ").skip(1) {
+            let Some((ident, rest)) = decl.split_once(':') else { continue };
+            if ident.ends_with("VARS") || ident == "SETTINGS" {
+                names.extend(quoted(&rest[..rest.find("];").unwrap_or(0)]));
+            } else if ident.ends_with("_VAR") {
+                names.extend(quoted(rest.lines().next().unwrap_or("")));
+            }
+        }
+        names
+    }
+
+    /// `${NAME` in a compose file: what Compose reads from the environment and `.env`.
+    fn names_read_by_compose(text: &str) -> BTreeSet<String> {
+        text.split("${")
+            .skip(1)
+            .map(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or(""))
+            .filter(|n| is_env_name(n))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `.env.example` lists every name the code reads, no more: the names are found in the sources
+    /// of the bot and the xtask and in the compose files, never kept by hand.
+    #[test]
+    fn env_example_names_exactly_what_the_code_reads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut files = Vec::new();
+        rust_files(&root.join("bot/src"), &mut files);
+        rust_files(&root.join("xtask/src"), &mut files);
+        let mut read = BTreeSet::new();
+        for file in &files {
+            read.extend(names_read_by(&std::fs::read_to_string(file).unwrap()));
+        }
+        for entry in std::fs::read_dir(root.join("compose")).unwrap() {
+            read.extend(names_read_by_compose(&std::fs::read_to_string(entry.unwrap().path()).unwrap()));
+        }
+        for name in ["LATTICE_IMAGE", "DISCORD_TOKEN", "SSH_HOST", "POSTGRES_IMAGE", "REGISTRY_USER"] {
+            assert!(read.contains(name), "the scan missed {name}: it no longer finds what the code reads");
+        }
+        let example: BTreeSet<String> = include_str!("../../.env.example")
+            .lines()
+            .map(|line| line.trim_start_matches(['#', ' ']))
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .filter(|name| is_env_name(name))
+            .map(str::to_string)
+            .collect();
+        let undocumented: Vec<&String> = read
+            .iter()
+            .filter(|n| !example.contains(*n) && !NOT_FOR_PEOPLE.iter().any(|(m, _)| m == n))
+            .collect();
+        assert!(undocumented.is_empty(), "read by the code, missing from .env.example: {undocumented:?}");
+        let stale: Vec<&String> = example.iter().filter(|n| !read.contains(*n)).collect();
+        assert!(stale.is_empty(), "in .env.example, but nothing reads them: {stale:?}");
+        let exempt_but_listed: Vec<&str> =
+            NOT_FOR_PEOPLE.iter().map(|(n, _)| *n).filter(|n| example.contains(*n)).collect();
+        assert!(
+            exempt_but_listed.is_empty(),
+            "listed in .env.example and in NOT_FOR_PEOPLE: {exempt_but_listed:?}"
+        );
     }
 }

@@ -125,6 +125,9 @@ pub struct Status {
     /// How many history entries to show.
     #[arg(long, default_value_t = 10)]
     pub history: usize,
+    /// Print the same facts as one JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

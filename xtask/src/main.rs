@@ -15,6 +15,7 @@ mod http;
 mod image;
 mod logs;
 mod migrate;
+mod notify;
 mod plan;
 mod project;
 mod registry;

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    flags,
+    flags, notify,
     plan::{Cmd, Plan},
     project::Project,
     remote::{
@@ -29,8 +29,24 @@ use crate::{
 };
 
 impl flags::Rollback {
+    /// The rollback, and its notification (`LATTICE_NOTIFY_WEBHOOK`) whatever the outcome.
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
         let started = Instant::now();
+        let mut target = None;
+        let result = self.roll_back(plan, project, started, &mut target);
+        let sha = target.as_deref().or(self.sha.as_deref()).unwrap_or("previous");
+        notify::outcome(plan, &project.env, Action::Rollback, sha, started, &result);
+        result
+    }
+
+    /// The steps; `chosen` is set to the target once it is known.
+    fn roll_back(
+        &self,
+        plan: &Plan,
+        project: &Project,
+        started: Instant,
+        chosen: &mut Option<String>,
+    ) -> Result<()> {
         let mut problems = Vec::new();
         if let Some(sha) = &self.sha {
             if let Err(e) = Sha::parse(sha) {
@@ -50,6 +66,7 @@ impl flags::Rollback {
             let releases: Vec<&str> = releases.iter().map(String::as_str).collect();
             pick_target(self.sha.as_deref(), now.as_deref(), &history, &releases)?
         };
+        *chosen = Some(target.clone());
         if now.as_deref() == Some(target.as_str()) {
             println!("{target} is already the current release; nothing to do");
             return Ok(());

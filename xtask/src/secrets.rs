@@ -15,7 +15,7 @@
 use anyhow::{bail, Result};
 
 use crate::{
-    env::{Env, APP_VARS, DEV_APP_VARS, OPTIONAL_APP_VARS},
+    env::{required_app_vars, Env, APP_VARS, DEV_APP_VARS, OPTIONAL_APP_VARS},
     flags,
     plan::Plan,
     project::Project,
@@ -25,7 +25,7 @@ use crate::{
 impl flags::Secrets {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
         let mut problems = Vec::new();
-        let missing = project.env.missing(APP_VARS);
+        let missing = project.env.missing(&required_app_vars(project.env.get("LLM_PROVIDER")));
         if !missing.is_empty() {
             problems.push(format!(
                 "missing environment variables: {} (set them in the environment, as CI secrets, or in .env)",
@@ -136,6 +136,25 @@ mod tests {
         flags::Secrets { overwrite: false, allow_dev_settings: false }.run(&plan, &project).unwrap();
         let text = plan.steps().join("\n");
         assert!(text.contains("not sent to the server: DISCORD_API_URL (development settings"), "{text}");
+    }
+
+    #[test]
+    fn the_placeholder_provider_needs_no_openrouter_key() {
+        let sh = xshell::Shell::new().unwrap();
+        let mut project = crate::project::tests::fake_project(&[]);
+        for name in APP_VARS.iter().filter(|n| **n != "OPENROUTER_API_KEY") {
+            project.env = project.env.clone().with(name, "v");
+        }
+        let missing_key = "missing environment variables: OPENROUTER_API_KEY";
+        let plan = Plan::new(&sh, true);
+        flags::Secrets { overwrite: false, allow_dev_settings: false }.run(&plan, &project).unwrap();
+        assert!(plan.steps().join("\n").contains(missing_key), "{:?}", plan.steps());
+
+        project.env = project.env.clone().with("LLM_PROVIDER", "placeholder");
+        let plan = Plan::new(&sh, true);
+        flags::Secrets { overwrite: false, allow_dev_settings: false }.run(&plan, &project).unwrap();
+        let text = plan.steps().join("\n");
+        assert!(!text.contains("preflight would fail"), "{text}");
     }
 
     #[test]

@@ -1489,6 +1489,133 @@ fn e2e_an_unfinished_switch_is_reported_and_settled_by_the_next_deploy(h: &mut H
     assert!(!status.contains("UNFINISHED"), "{status}");
 }
 
+/// A Discord webhook on loopback: it answers every POST with 204, as Discord does, and keeps the
+/// `content` of each.
+struct WebhookReceiver {
+    url: String,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WebhookReceiver {
+    fn start() -> WebhookReceiver {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url =
+            format!("http://{}/api/webhooks/1/e2e-webhook-token-Wq93nLs", listener.local_addr().unwrap());
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = messages.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.trim() != "" {
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    kept.lock().unwrap().push(json["content"].as_str().unwrap_or("").to_string());
+                }
+                let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            }
+        });
+        WebhookReceiver { url, messages }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+/// Deploy notifications: the webhook gets one line per deploy, rollback, failure and automatic
+/// switch-back, with sha, who, seconds and outcome; with the receiver down a deploy still
+/// succeeds, with a warning, and the webhook's URL is never printed. Self-contained: it deploys A
+/// first on a server that runs nothing yet, and its releases are the running image retagged.
+fn e2e_deploy_notifications_reach_the_webhook_and_never_block_a_deploy(h: &mut Harness) {
+    if !h.home.join(&h.deploy_path).join("current").exists() {
+        h.xtask_ok(&["secrets", "--allow-dev-settings"]);
+        h.xtask_ok(&["deploy", "--sha", &h.fact("a")]);
+    }
+    let before = h.assert_consistent();
+    let running = h.inspect(&h.container("bot"), "{{.Config.Image}}");
+    let receiver = WebhookReceiver::start();
+    let hook = [("LATTICE_NOTIFY_WEBHOOK", receiver.url.as_str()), ("LATTICE_HEALTH_TIMEOUT_SECS", "30")];
+    let short = |sha: &str| sha[..12].to_string();
+
+    let sha = h.retagged_release(&running, "N: notified");
+    let out = h.xtask_with(&["deploy", "--sha", &sha], &hook);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = h.xtask_with(&["rollback", "--sha", &before], &hook);
+    assert!(out.status.success(), "{}", show(&out));
+
+    // An image whose bot refuses its configuration: it never stands by, the switch goes back.
+    let probe = stdout(Command::new("docker").args(["create", &running]));
+    let broken = format!("lattice-e2e-never-standby:{}", std::process::id());
+    run(Command::new("docker").args(["commit", "--change", "ENV HTTP_PORT=0", probe.trim(), &broken]));
+    run(Command::new("docker").args(["rm", probe.trim()]));
+    let sha_broken = h.retagged_release(&broken, "N: never stands by");
+    run(Command::new("docker").args(["rmi", "--no-prune", &broken]));
+    let out = h.xtask_with(&["deploy", "--sha", &sha_broken], &hook);
+    assert!(!out.status.success(), "the unhealthy release succeeded:\n{}", show(&out));
+    h.assert_serving(&before);
+
+    let messages = receiver.messages();
+    let who = "@"; // user@host, or actor@github-actions
+    let expected = [
+        ("deploy", short(&sha), ": ok ("),
+        ("rollback", short(&before), ": ok ("),
+        ("deploy", short(&sha_broken), ": FAILED"),
+        ("switch-back", short(&before), ": ok ("),
+    ];
+    assert_eq!(messages.len(), expected.len(), "one line per outcome, got:\n{}", messages.join("\n"));
+    for (message, (action, sha, outcome)) in messages.iter().zip(expected) {
+        let words = [format!("lattice: {action} {sha} by "), outcome.to_string(), " s)".to_string()];
+        assert!(
+            words.iter().all(|w| message.contains(w.as_str()))
+                && message.contains(who)
+                && !message.contains('\n'),
+            "{message:?} is not one line saying {words:?}"
+        );
+    }
+
+    // The receiver down: the deploy succeeds all the same, warning without the URL.
+    let closed = format!("http://127.0.0.1:{}/api/webhooks/1/e2e-webhook-token-Wq93nLs", free_port());
+    let sha = h.retagged_release(&running, "N: nobody listens");
+    let out = h.xtask_with(&["deploy", "--sha", &sha], &[("LATTICE_NOTIFY_WEBHOOK", &closed)]);
+    let text = show(&out);
+    assert!(out.status.success(), "a deploy failed because its notification could not be sent:\n{text}");
+    assert!(text.contains("warning: the deploy notification was not sent"), "{text}");
+    assert!(!h.transcript.contains("e2e-webhook-token-Wq93nLs"), "the webhook URL was printed");
+    h.assert_serving(&sha);
+
+    // `status --json` for scripts: the same facts as the human output.
+    let out = h.xtask(&["status", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    assert_eq!(status["current"], sha.as_str(), "{status}");
+    assert!(status["lock"].is_null(), "{status}");
+    let bot = status["containers"].as_array().unwrap().iter().find(|c| c["service"] == "bot").cloned();
+    assert_eq!(bot.map(|b| b["health"].clone()), Some("healthy".into()), "{status}");
+    let last = status["history"].as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!(
+        (&last["action"], &last["sha"], &last["result"]),
+        (&"deploy".into(), &sha.as_str().into(), &"ok".into()),
+        "{status}"
+    );
+    let human = h.xtask_ok(&["status"]);
+    assert!(
+        human.contains(&format!("current:  {sha}")) && human.contains(status["image"].as_str().unwrap()),
+        "{human}"
+    );
+}
+
 /// The secret scan: every byte the xtask printed, the containers' logs, the server's files.
 fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
     let mut haystack = h.transcript.clone();
@@ -1552,6 +1679,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(e2e_a_dropped_connection_is_said_and_a_switch_is_followed_to_its_end),
     scenario!(e2e_a_killed_run_leaves_no_key_directory_or_connection),
     scenario!(e2e_an_unfinished_switch_is_reported_and_settled_by_the_next_deploy),
+    scenario!(e2e_deploy_notifications_reach_the_webhook_and_never_block_a_deploy),
     scenario!(e2e_no_secret_in_the_output_the_logs_or_the_servers_files),
 ];
 

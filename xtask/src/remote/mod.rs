@@ -25,18 +25,43 @@ use anyhow::{bail, Context, Result};
 pub use self::{
     history::{Action, Line as HistoryLine},
     layout::{
-        escaped, Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_INTENT, SWITCH_LOG,
-        SWITCH_RESULT, SWITCH_SCRIPT,
+        escaped, printable, Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_INTENT,
+        SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
     },
     lock::Lock,
     switch::{pause_at, running_bots, Switch, SwitchBack},
 };
 use crate::{
-    env::{Env, APP_VARS, SSH_VARS},
+    env::{parse_dotenv, required_app_vars, Env, APP_VARS, SSH_VARS},
     plan::{Cmd, Line, Plan},
     project::Project,
     temp,
 };
+
+/// What `require_app_env` reads of the server's `.env`: the names set, and `LLM_PROVIDER`'s value.
+#[derive(Debug, PartialEq)]
+struct ServerEnv {
+    names: Vec<String>,
+    provider: Option<String>,
+}
+
+impl ServerEnv {
+    /// `has-env`, the names, `provider:`, then the `LLM_PROVIDER=` lines (the last one counts, as in
+    /// Compose), read with the `.env` rules so a quoted value reads the same; `None` without `has-env`.
+    fn parse(out: &str) -> Option<ServerEnv> {
+        let mut lines = out.lines();
+        if lines.next() != Some("has-env") {
+            return None;
+        }
+        let names = lines.by_ref().take_while(|l| *l != "provider:").map(str::to_string).collect();
+        let provider = lines
+            .last()
+            .and_then(|line| parse_dotenv(line).ok())
+            .and_then(|vars| vars.get("LLM_PROVIDER").cloned())
+            .filter(|v| !v.trim().is_empty());
+        Some(ServerEnv { names, provider })
+    }
+}
 
 /// The name the ssh config gives the server, so the printed commands stay readable.
 pub const HOST_ALIAS: &str = "lattice-server";
@@ -348,9 +373,11 @@ impl<'p, 'a> Server<'p, 'a> {
         let hint = "write it with `cargo xtask secrets` (from your environment or CI secrets)";
         match self.env_names()? {
             None => bail!("the server has no {}/.env: {hint}", self.layout.root),
-            Some(names) => {
-                let missing: Vec<&str> =
-                    APP_VARS.iter().copied().filter(|n| !names.iter().any(|m| m == n)).collect();
+            Some(ServerEnv { names, provider }) => {
+                let missing: Vec<&str> = required_app_vars(provider.as_deref())
+                    .into_iter()
+                    .filter(|n| !names.iter().any(|m| m == n))
+                    .collect();
                 if !missing.is_empty() {
                     bail!("the server's .env lacks {}: {hint}", missing.join(", "));
                 }
@@ -359,25 +386,28 @@ impl<'p, 'a> Server<'p, 'a> {
         Ok(())
     }
 
-    /// Names (never values) of the variables set in the server's `.env`; `None` when it has none.
-    fn env_names(&self) -> Result<Option<Vec<String>>> {
+    /// Names (never values) of the variables set in the server's `.env`, and its `LLM_PROVIDER`
+    /// (not a secret: it decides whether `OPENROUTER_API_KEY` is needed); `None` when it has none.
+    fn env_names(&self) -> Result<Option<ServerEnv>> {
         let env = self.layout.path(".env");
         let names = r"s/^\(export \)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=..*$/\2/p";
+        let provider = r"s/^\(export \)\{0,1\}LLM_PROVIDER=/LLM_PROVIDER=/p";
         let out = self.read_at_home(
             Cmd::of("test -f")
                 .arg(&env)
                 .and(Cmd::of("echo has-env"))
                 .and(Cmd::of("sed -n").arg(names).arg(&env))
+                .and(Cmd::of("echo provider:"))
+                .and(Cmd::of("sed -n").arg(provider).arg(&env))
                 .or(Cmd::of("true")),
         )?;
         if self.plan.is_dry_run() {
-            return Ok(Some(APP_VARS.iter().map(|s| s.to_string()).collect()));
+            return Ok(Some(ServerEnv {
+                names: APP_VARS.iter().map(|s| s.to_string()).collect(),
+                provider: None,
+            }));
         }
-        let mut lines = out.lines();
-        if lines.next() != Some("has-env") {
-            return Ok(None);
-        }
-        Ok(Some(lines.map(str::to_string).collect()))
+        Ok(ServerEnv::parse(&out))
     }
 
     /// Writes the app's `.env` from `content` (sent on stdin, never printed): names already set
@@ -490,6 +520,19 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_server_env_gives_names_and_a_quoted_provider_unquoted() {
+        let out = "has-env\nDISCORD_TOKEN\nLLM_PROVIDER\nprovider:\nLLM_PROVIDER=openrouter\nLLM_PROVIDER='placeholder'\n";
+        let env = ServerEnv::parse(out).unwrap();
+        assert_eq!(env.names, ["DISCORD_TOKEN", "LLM_PROVIDER"]);
+        assert_eq!(env.provider.as_deref(), Some("placeholder"));
+        assert!(!required_app_vars(env.provider.as_deref()).contains(&"OPENROUTER_API_KEY"));
+        let env = ServerEnv::parse("has-env\nDISCORD_TOKEN\nprovider:\n").unwrap();
+        assert_eq!(env.provider, None);
+        assert!(required_app_vars(env.provider.as_deref()).contains(&"OPENROUTER_API_KEY"));
+        assert_eq!(ServerEnv::parse(""), None);
+    }
 
     #[test]
     fn missing_ssh_settings_are_all_listed_with_how_to_get_the_host_key() {

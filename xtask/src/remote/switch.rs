@@ -17,7 +17,7 @@ use super::{
     history::{Action, Outcome},
     schema, Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
 };
-use crate::{env::Env, plan::Cmd};
+use crate::{env::Env, notify::SwitchedBack, plan::Cmd};
 
 /// The switch script (see its header).
 const SWITCH_SH: &str = include_str!("switch.sh");
@@ -181,11 +181,17 @@ impl Switch {
         }
         let back = match (result.trim(), self.previous.as_deref()) {
             ("healthy", _) => return Ok(()),
-            ("back-ok", Some(previous)) => format!("switched back to {previous}, which serves again"),
-            ("back-unhealthy", Some(previous)) => format!(
-                "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
-            ),
-            ("no-previous", _) => "there is no previous release to switch back to".to_string(),
+            ("back-ok", Some(previous)) => {
+                Some((previous, true, format!("switched back to {previous}, which serves again")))
+            }
+            ("back-unhealthy", Some(previous)) => Some((
+                previous,
+                false,
+                format!(
+                    "switched back to {previous}, but it is not healthy either: look at `cargo xtask logs --server`"
+                ),
+            )),
+            ("no-previous", _) => None,
             ("back-refused", Some(previous)) => {
                 let restore = match &self.back.snapshot {
                     Some(name) => format!(
@@ -210,7 +216,15 @@ impl Switch {
             ),
         };
         let logs = self.bot_logs(server);
-        bail!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
+        let failed = |back: &str| {
+            format!("{sha} did not take over (a ready standby, then the leader) within {timeout} s; {back}. Its last log lines:\n{logs}")
+        };
+        match back {
+            Some((previous, healthy, back)) => {
+                Err(SwitchedBack { previous: previous.to_string(), healthy, message: failed(&back) }.into())
+            }
+            None => bail!(failed("there is no previous release to switch back to")),
+        }
     }
 
     /// The failed new container's last log lines, as the script kept them.
