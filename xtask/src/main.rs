@@ -20,6 +20,7 @@ mod registry;
 mod release;
 mod remote;
 mod rollback;
+mod sandbox;
 mod secrets;
 mod settings;
 mod status;
@@ -63,5 +64,6 @@ fn run(flags: flags::Xtask) -> Result<()> {
         Task::Doctor(task) => task.run(&plan, &project),
         Task::Chat(task) => task.run(&plan, &project),
         Task::Bench(task) => task.run(&plan, &project),
+        Task::Sandbox(task) => task.run(&plan, &project),
     }
 }
