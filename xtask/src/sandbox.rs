@@ -421,8 +421,11 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         if !networks.is_empty() && !plan.is_dry_run() {
             plan.cleanup(Cmd::of("docker network rm").args(networks));
         }
-        let images =
-            plan.read(Cmd::of("docker image ls --format {{.Repository}}:{{.Tag}}").arg(self.image()))?;
+        // The repository `up` printed, whatever --registry-port says now.
+        let env = std::fs::read_to_string(self.path("env")).unwrap_or_default();
+        let recorded = env.lines().find_map(|l| l.strip_prefix("export LATTICE_IMAGE="));
+        let image = recorded.map(|v| v.trim_matches('\'').to_string()).unwrap_or_else(|| self.image());
+        let images = plan.read(Cmd::of("docker image ls --format {{.Repository}}:{{.Tag}}").arg(image))?;
         let mut images: Vec<&str> = images.split_whitespace().collect();
         images.push(STANDIN);
         if !plan.is_dry_run() {
