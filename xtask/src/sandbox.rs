@@ -297,11 +297,12 @@ impl<'p, 'a> Sandbox<'p, 'a> {
     }
 
     /// Whether the process in the pid file `name` runs, started with `config` (so it is ours).
+    /// sshd rewrites its command line into one title, which still names its configuration.
     fn running(&self, name: &str, config: &Path) -> bool {
         let Some(pid) = self.pid(name) else { return false };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let config = config.display().to_string();
-        cmdline.split(|b| *b == 0).any(|word| word == config.as_bytes())
+        cmdline.windows(config.len()).any(|w| w == config.as_bytes())
     }
 
     fn pid(&self, name: &str) -> Option<u32> {
