@@ -201,7 +201,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
                 bail!("Docker Compose v2 is not installed: install the docker-compose-plugin package");
             }
             let plugins = home.join(".docker/cli-plugins");
-            let owner = format!("{user}:");
+            let owner = user.to_string();
             plan.run(Cmd::of("install -d -o").arg(&owner).arg(home.join(".docker")).arg(&plugins))?;
             plan.run(
                 Cmd::of("install -m 0755 -o").arg(&owner).arg(plugin).arg(plugins.join("docker-compose")),
@@ -226,7 +226,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         // As root the user may not be able to enter DIR (under /root, say): the key goes in its home.
         if self.root {
             let ssh = home.join(".ssh");
-            let owner = format!("{}:", self.user);
+            let owner = self.user.clone();
             plan.run(Cmd::of("install -d -m 0700 -o").arg(&owner).arg(&ssh))?;
             plan.run(
                 Cmd::of("install -m 0600 -o")

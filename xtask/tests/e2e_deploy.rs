@@ -70,6 +70,7 @@ fn sandbox_up(dir: &Path, clone: &Path) -> Vec<(String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["sandbox", "up", "--dir"])
         .arg(dir)
+        .args(moved_ports())
         .current_dir(clone)
         .env_remove("GITHUB_ACTIONS")
         .stdin(Stdio::null())
@@ -98,6 +99,20 @@ fn sandbox_up(dir: &Path, clone: &Path) -> Vec<(String, String)> {
         .filter(|(k, _)| names.contains(k))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// `LATTICE_E2E_SSH_PORT` and `LATTICE_E2E_REGISTRY_PORT` move the sandbox off 2222 and 5000
+/// (to run beside another sandbox).
+fn moved_ports() -> Vec<String> {
+    let mut args = Vec::new();
+    for (var, flag) in
+        [("LATTICE_E2E_SSH_PORT", "--ssh-port"), ("LATTICE_E2E_REGISTRY_PORT", "--registry-port")]
+    {
+        if let Ok(port) = std::env::var(var) {
+            args.extend([flag.to_string(), port]);
+        }
+    }
+    args
 }
 
 fn sandbox_down(dir: &Path) -> Output {
