@@ -907,14 +907,12 @@ fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
 fn e2e_the_sandbox_takes_a_release_a_rollback_and_status(h: &mut Harness) {
     let sandbox = h.dir.parent().unwrap().join("sandbox");
     assert_eq!(sandbox_up(&sandbox, &h.clone), h.env, "a second `sandbox up` changed the environment");
-    let sha_a = h.git(&["rev-parse", "HEAD"]);
+    // Commits of its own (a README line each, so the image builds come from the cache): the
+    // scenarios beside must still find commit A's image only in the registry.
+    let sha_a = readme_commit(h, "Tried in the sandbox.");
     h.xtask_ok(&["release"]);
     h.assert_serving(&sha_a);
-    let readme = h.clone.join("README.md");
-    let text = std::fs::read_to_string(&readme).unwrap();
-    std::fs::write(&readme, format!("{text}\nTried in the sandbox.\n")).unwrap();
-    h.git(&["commit", "--quiet", "-am", "a second release"]);
-    let sha_b = h.git(&["rev-parse", "HEAD"]);
+    let sha_b = readme_commit(h, "Tried in the sandbox again.");
     h.xtask_ok(&["release"]);
     h.assert_serving(&sha_b);
     h.xtask_ok(&["rollback"]);
@@ -923,6 +921,15 @@ fn e2e_the_sandbox_takes_a_release_a_rollback_and_status(h: &mut Harness) {
     assert!(status.contains(&format!("current:  {sha_a}")), "{status}");
     let logs = h.xtask_ok(&["logs", "--server", "--tail", "50"]);
     assert!(logs.contains("holding the leader lock"), "the server's bot logs are not shown:\n{logs}");
+}
+
+/// A commit that adds `line` to the README: a release whose image differs from HEAD's by its labels.
+fn readme_commit(h: &Harness, line: &str) -> String {
+    let readme = h.clone.join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    std::fs::write(&readme, format!("{text}\n{line}\n")).unwrap();
+    h.git(&["commit", "--quiet", "-am", line]);
+    h.git(&["rev-parse", "HEAD"])
 }
 
 /// `sandbox down` removes everything `up` and the releases made: containers, volumes, network and
