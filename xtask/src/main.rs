@@ -23,6 +23,7 @@ mod release;
 mod remote;
 mod restore;
 mod rollback;
+mod sandbox;
 mod secrets;
 mod settings;
 mod status;
@@ -69,5 +70,6 @@ fn run(flags: flags::Xtask) -> Result<()> {
         Task::Doctor(task) => task.run(&plan, &project),
         Task::Chat(task) => task.run(&plan, &project),
         Task::Bench(task) => task.run(&plan, &project),
+        Task::Sandbox(task) => task.run(&plan, &project),
     }
 }

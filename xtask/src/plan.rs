@@ -19,9 +19,7 @@ use std::{
 use anyhow::{Context, Result};
 use xshell::Shell;
 
-#[cfg(test)]
-use self::cmd::shell_quote;
-pub use self::cmd::{Cmd, Line};
+pub use self::cmd::{shell_quote, Cmd, Line};
 
 /// How a step run with [`Plan::output`] meets the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

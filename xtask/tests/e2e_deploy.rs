@@ -1,12 +1,15 @@
-//! The deploy protocol end to end, with real parts: Debian's `docker-registry` on 127.0.0.1:5000,
-//! OpenSSH's `sshd` on 127.0.0.1:2222 as the production server (a non-root user in the `docker`
-//! group), the real bot image built from a clone of this repository, real Compose v2 and Postgres.
-//! The xtask gets the server exactly as CI secrets give it: `SSH_*` variables holding key contents.
+//! The deploy protocol end to end, with real parts: the server is `cargo xtask sandbox` — Debian's
+//! `docker-registry` on 127.0.0.1:5000, OpenSSH's `sshd` on 127.0.0.1:2222 (as root, a non-root
+//! user in the `docker` group), the Discord stand-in — the real bot image built from a clone of
+//! this repository, real Compose v2 and Postgres. The xtask gets the server exactly as CI secrets
+//! give it: `SSH_*` variables holding key contents, read from what `sandbox up` printed.
 //!
-//! A runner of its own (`harness = false`): the expensive fixture — sshd, the registry, the clone,
-//! commit A's image built and pushed (as CI's build job) and the Discord stand-in — is set up once,
-//! then every scenario below runs in order on that one server and is reported on its own, so one
-//! failure does not hide the others. Scenarios build on each other as a server's life does (A is
+//! A runner of its own (`harness = false`): the expensive fixture — the sandbox, the clone,
+//! commit A's image built and pushed (as CI's build job) — is set up once, then every scenario
+//! below runs in order on that one server and is reported on its own, so one failure does not
+//! hide the others. Beside them, in a thread, the sandbox's own scenario uses the same server as a
+//! new operator would (its own clone, deploy directory and compose project); once all are done,
+//! `sandbox down` must leave nothing behind. Scenarios build on each other as a server's life does (A is
 //! deployed, then B released, …): a scenario that needs what an earlier one failed to leave fails
 //! too, naming it. Filters work as with libtest: `cargo test --test e2e_deploy -- NAME` runs the
 //! scenarios whose name contains NAME, `--skip NAME` leaves them out.
@@ -24,7 +27,8 @@
 //! again. Releases past E are E's image retagged: no further builds. Last, every byte of output,
 //! the containers' logs and the server's files (but `.env`) are scanned for the secret values.
 //!
-//! Needs root (it creates the server's ssh user), `openssh-server` and `docker-registry`.
+//! Needs `openssh-server` and `docker-registry`, and Docker as the user running it (as root, the
+//! sandbox creates the server's ssh user).
 
 use std::{
     collections::BTreeMap,
@@ -40,9 +44,8 @@ use std::{
 mod common;
 use common::{show, workspace};
 
-const SERVER_USER: &str = "lattice-deploy";
-const REGISTRY: &str = "127.0.0.1:5000";
-const SSH_PORT: u16 = 2222;
+/// The sandbox's Discord stand-in container (`cargo xtask sandbox`).
+const STANDIN: &str = "lattice-sandbox-standin";
 
 /// Distinctive fake secrets: if any of them shows up anywhere, it leaked.
 const SECRETS: &[(&str, &str)] = &[
@@ -61,79 +64,70 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited ({status}) before listening on 127.0.0.1:{port}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "{what} is not listening on 127.0.0.1:{port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn require_tools() {
-    let missing: Vec<&str> = ["/usr/sbin/sshd", "/usr/bin/docker-registry", "/usr/bin/ssh-keygen"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
+/// The sandbox's environment as a user gets it: `cargo xtask sandbox up` prints it, and a shell
+/// reads the file it names (`. <dir>/env`, which also reads the private key from its file).
+fn sandbox_up(dir: &Path, clone: &Path) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["sandbox", "up", "--dir"])
+        .arg(dir)
+        .args(moved_ports())
+        .current_dir(clone)
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo xtask sandbox up failed:\n{}", show(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let env_file = dir.join("env");
     assert!(
-        missing.is_empty(),
-        "{} not found: install openssh-server docker-registry (apt-get install openssh-server docker-registry; \
-         .ci/run does it)",
-        missing.join(", ")
+        printed.contains(&format!(". {}", env_file.display())),
+        "up does not name its env file:\n{printed}"
     );
-    for (port, what) in [(SSH_PORT, "sshd"), (5000, "the registry")] {
-        assert!(
-            TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "127.0.0.1:{port} is already taken, but the test starts {what} there: stop whatever listens on it"
-        );
-    }
-    let uid = stdout(Command::new("id").arg("-u"));
-    assert_eq!(uid, "0", "the deploy end-to-end test runs as root: it creates the server's ssh user");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        printed.contains(&text),
+        "up printed another environment than {}:\n{printed}",
+        env_file.display()
+    );
+    let names: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("export ")?.split('=').next()).collect();
+    assert!(names.contains(&"SSH_PRIVATE_KEY"), "no SSH_PRIVATE_KEY in {}:\n{text}", env_file.display());
+    let shell = run(Command::new("sh").args(["-c", ". \"$1\" && env -0", "sh"]).arg(&env_file).env_clear());
+    String::from_utf8_lossy(&shell.stdout)
+        .split('\0')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| names.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-/// The "production server"'s user: non-root, in the `docker` group, able to log in by key only,
-/// with Compose v2 available to it (as the docker-compose-plugin package gives every user).
-fn ensure_server_user() -> PathBuf {
-    let exists = Command::new("id").arg("-u").arg(SERVER_USER).output().unwrap().status.success();
-    if !exists {
-        run(Command::new("useradd").args([
-            "--create-home",
-            "--shell",
-            "/bin/bash",
-            "--groups",
-            "docker",
-            SERVER_USER,
-        ]));
+/// `LATTICE_E2E_SSH_PORT` and `LATTICE_E2E_REGISTRY_PORT` move the sandbox off 2222 and 5000
+/// (to run beside another sandbox).
+fn moved_ports() -> Vec<String> {
+    let mut args = Vec::new();
+    for (var, flag) in
+        [("LATTICE_E2E_SSH_PORT", "--ssh-port"), ("LATTICE_E2E_REGISTRY_PORT", "--registry-port")]
+    {
+        if let Ok(port) = std::env::var(var) {
+            args.extend([flag.to_string(), port]);
+        }
     }
-    run(Command::new("usermod").args(["--append", "--groups", "docker", SERVER_USER]));
-    // `*`, not the `!` useradd leaves: a locked account may not log in even by key.
-    run(Command::new("usermod").args(["--password", "*", SERVER_USER]));
-    let home = PathBuf::from(stdout(
-        Command::new("sh").arg("-c").arg(format!("getent passwd {SERVER_USER} | cut -d: -f6")),
-    ));
-    let has_compose = Command::new("runuser")
-        .args(["-u", SERVER_USER, "--", "docker", "compose", "version"])
+    args
+}
+
+fn sandbox_down(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["sandbox", "down", "--dir"])
+        .arg(dir)
+        .current_dir(workspace())
+        .stdin(Stdio::null())
         .output()
         .unwrap()
-        .status
-        .success();
-    if !has_compose {
-        let plugin = stdout(Command::new("docker").args([
-            "info",
-            "--format",
-            "{{range .ClientInfo.Plugins}}{{if eq .Name \"compose\"}}{{.Path}}{{end}}{{end}}",
-        ]));
-        assert!(!plugin.is_empty(), "Docker Compose v2 is not installed (.ci/run installs it)");
-        let dir = home.join(".docker/cli-plugins");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(&plugin, dir.join("docker-compose")).unwrap();
-        run(Command::new("chown")
-            .args(["-R", &format!("{SERVER_USER}:{SERVER_USER}")])
-            .arg(home.join(".docker")));
-    }
-    home
+}
+
+fn home_of(user: &str) -> PathBuf {
+    let entry = stdout(Command::new("getent").args(["passwd", user]));
+    PathBuf::from(entry.split(':').nth(5).unwrap())
 }
 
 struct Harness {
@@ -144,109 +138,52 @@ struct Harness {
     project: String,
     image: String,
     standin: String,
-    children: Vec<Child>,
     env: Vec<(String, String)>,
     /// Every byte the xtask printed, for the secret scan.
     transcript: String,
     private_key: String,
     /// The commits of the scenarios so far, by name (`a`, `b`, …), and `wrong_key`.
     facts: BTreeMap<&'static str, String>,
+    /// Whether dropping it removes its server state (the sandbox's own is left to `sandbox down`).
+    cleans_up: bool,
 }
 
 impl Harness {
-    fn start() -> Harness {
-        require_tools();
-        let home = ensure_server_user();
-        let id = std::process::id();
-        let dir = std::env::temp_dir().join(format!("lattice-deploy-e2e-{id}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // sshd reads authorized_keys as the user: the directory must be traversable.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut h = Harness {
-            clone: dir.join("clone"),
-            dir,
-            home,
-            deploy_path: format!("lattice-e2e-{id}"),
-            project: format!("lattice-e2e-deploy-{id}"),
-            image: format!("{REGISTRY}/lattice-bot"),
-            standin: format!("lattice-e2e-standin-{id}"),
-            children: Vec::new(),
-            env: Vec::new(),
-            transcript: String::new(),
-            private_key: String::new(),
-            facts: BTreeMap::new(),
-        };
-        h.start_sshd();
-        h.start_registry();
-        run(Command::new("git").args(["clone", "--quiet", "--no-hardlinks"]).arg(workspace()).arg(&h.clone));
-        h
-    }
-
-    fn start_sshd(&mut self) {
-        let d = &self.dir;
-        for (name, comment) in [("host_key", "e2e-host"), ("client_key", "e2e-client")] {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                .arg(d.join(name)));
+    /// A clone in `dir` (made unless there) driving the sandbox with `env` (as printed by
+    /// `sandbox up`), deploying to `deploy_path` as compose project `project`.
+    fn new(dir: PathBuf, env: Vec<(String, String)>, deploy_path: &str, project: &str) -> Harness {
+        let clone = dir.join("clone");
+        if !clone.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            run(Command::new("git")
+                .args(["clone", "--quiet", "--no-hardlinks"])
+                .arg(workspace())
+                .arg(&clone));
         }
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::set_permissions(d.join("authorized_keys"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let config = format!(
-            "ListenAddress 127.0.0.1\nPort {SSH_PORT}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nAllowUsers {SERVER_USER}\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPermitRootLogin no\nUsePAM no\nStrictModes no\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let mut sshd = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for_port(SSH_PORT, "sshd", &mut sshd);
-        self.children.push(sshd);
-        let host_key = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
-        let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
-        self.private_key = std::fs::read_to_string(d.join("client_key")).unwrap();
-        self.env.extend(
-            [
-                ("SSH_HOST", "127.0.0.1".to_string()),
-                ("SSH_PORT", SSH_PORT.to_string()),
-                ("SSH_USER", SERVER_USER.to_string()),
-                ("SSH_PRIVATE_KEY", self.private_key.clone()),
-                ("SSH_KNOWN_HOSTS", format!("[127.0.0.1]:{SSH_PORT} {}", host_key.join(" "))),
-            ]
-            .map(|(k, v)| (k.to_string(), v)),
-        );
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+        Harness {
+            home: home_of(&get("SSH_USER")),
+            image: get("LATTICE_IMAGE"),
+            private_key: get("SSH_PRIVATE_KEY"),
+            clone,
+            dir,
+            deploy_path: deploy_path.to_string(),
+            project: project.to_string(),
+            standin: STANDIN.to_string(),
+            env,
+            transcript: String::new(),
+            facts: BTreeMap::new(),
+            cleans_up: true,
+        }
     }
 
-    fn start_registry(&mut self) {
-        let d = &self.dir;
-        let config = format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: {REGISTRY}\n",
-            d.display()
-        );
-        std::fs::write(d.join("registry.yml"), config).unwrap();
-        let log = std::fs::File::create(d.join("registry.log")).unwrap();
-        let mut registry = Command::new("docker-registry")
-            .arg("serve")
-            .arg(d.join("registry.yml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for_port(5000, "docker-registry", &mut registry);
-        self.children.push(registry);
+    fn env_var(&self, name: &str) -> String {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
     }
 
     /// The app's variables, as CI secrets would hold them; the bot talks to the Discord stand-in
     /// (reached from the compose network through the docker0 bridge address) and the placeholder LLM.
-    fn app_env(&mut self, discord: &str) {
+    fn app_env(&mut self) {
         for (k, v) in SECRETS {
             self.env.push((k.to_string(), v.to_string()));
         }
@@ -261,8 +198,6 @@ impl Harness {
                 ("POSTGRES_DB", "lattice".to_string()),
                 ("POSTGRES_IMAGE", postgres_image),
                 ("LLM_PROVIDER", "placeholder".to_string()),
-                ("DISCORD_API_URL", format!("http://{discord}")),
-                ("DISCORD_GATEWAY_URL", format!("ws://{discord}")),
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
@@ -314,6 +249,9 @@ impl Harness {
         let known_hosts = d.join("known_hosts");
         let pinned = self.env.iter().find(|(k, _)| k == "SSH_KNOWN_HOSTS").unwrap().1.clone();
         std::fs::write(&known_hosts, format!("{pinned}\n")).unwrap();
+        let key = d.join("client_key");
+        std::fs::write(&key, format!("{}\n", self.private_key.trim_end())).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let script = format!(
             "cd {} && exec flock -n .lock sh -c 'echo \"{holder} since then\" > .lock.holder; echo locked; exec cat >/dev/null'",
             self.deploy_path
@@ -323,8 +261,8 @@ impl Harness {
             .arg(d.join("client_key"))
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", &SSH_PORT.to_string()])
-            .arg(format!("{SERVER_USER}@127.0.0.1"))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", &self.env_var("SSH_PORT")])
+            .arg(format!("{}@127.0.0.1", self.env_var("SSH_USER")))
             .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -554,56 +492,31 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output() {
-            let ids: Vec<String> =
-                String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+        if self.cleans_up {
+            let label = format!("label=com.docker.compose.project={}", self.project);
+            if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output() {
+                let ids: Vec<String> =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+                }
             }
+            let _ = Command::new("docker")
+                .args(["rmi", "--no-prune", &format!("lattice-e2e-base:{}", std::process::id())])
+                .output();
+            let _ =
+                Command::new("docker").args(["volume", "rm", &format!("{}_pgdata", self.project)]).output();
+            let _ =
+                Command::new("docker").args(["network", "rm", &format!("{}_default", self.project)]).output();
+            let _ = std::fs::remove_dir_all(self.home.join(&self.deploy_path));
         }
-        let _ = Command::new("docker").args(["rm", "-f", &self.standin]).output();
-        let _ = Command::new("docker")
-            .args(["rmi", "--no-prune", &format!("lattice-e2e-standin:{}", std::process::id())])
-            .output();
-        let _ = Command::new("docker")
-            .args(["rmi", "--no-prune", &format!("lattice-e2e-base:{}", std::process::id())])
-            .output();
-        let _ = Command::new("docker").args(["volume", "rm", &format!("{}_pgdata", self.project)]).output();
-        let _ = Command::new("docker").args(["network", "rm", &format!("{}_default", self.project)]).output();
-        // The release images (their build cache stays: --no-prune keeps the parent layers).
-        if let Ok(out) = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &self.image])
-            .output()
-        {
-            let tags: Vec<String> =
-                String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-            if !tags.is_empty() {
-                let _ = Command::new("docker").args(["rmi", "--no-prune"]).args(&tags).output();
-            }
-        }
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(self.home.join(&self.deploy_path));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn docker0_address() -> String {
-    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", "docker0"]).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .map(str::to_string)
-        .unwrap_or_else(|| "172.17.0.1".to_string())
-}
-
+/// A port nothing listens on (the OS's pick, at once released).
 fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Another deploy's lock (see [`Harness::hold_lock`]): released, by closing its session's stdin,
@@ -621,38 +534,33 @@ fn entry(action: &str, sha: &str, result: &str) -> (String, String, String) {
     (action.to_string(), sha.to_string(), result.to_string())
 }
 
-/// The fixture every scenario shares: sshd, the registry, the clone, and commit A's image built
-/// and pushed as CI's build job does — its local tags then removed, so the server must pull it —
-/// with the Discord stand-in running from the same image.
-fn fixture() -> Harness {
-    let mut h = Harness::start();
+/// The fixture every scenario shares: the sandbox (`cargo xtask sandbox up`: sshd, the registry,
+/// the Discord stand-in, all run from a clone), and commit A's image built and pushed as CI's
+/// build job does — its local tags then removed, so the server must pull it.
+fn fixture(base: &Path) -> (Harness, Vec<(String, String)>) {
+    let clone_dir = base.join("main");
+    std::fs::create_dir_all(&clone_dir).unwrap();
+    let clone = clone_dir.join("clone");
+    run(Command::new("git").args(["clone", "--quiet", "--no-hardlinks"]).arg(workspace()).arg(&clone));
+    let printed = sandbox_up(&base.join("sandbox"), &clone);
+    // This server's releases go to a directory and compose project of their own, beside the
+    // sandbox's (which its own scenario uses).
+    let env: Vec<(String, String)> =
+        printed.iter().filter(|(k, _)| !k.starts_with("LATTICE_") || k == "LATTICE_IMAGE").cloned().collect();
+    let id = std::process::id();
+    let mut h =
+        Harness::new(clone_dir, env, &format!("lattice-e2e-{id}"), &format!("lattice-e2e-deploy-{id}"));
     let sha_a = h.git(&["rev-parse", "HEAD"]);
     let pushed = h.xtask_ok(&["image", "push"]);
     assert!(pushed.contains(&sha_a), "{pushed}");
     let image_a = format!("{}:{sha_a}", h.image);
-    // The stand-in runs from the same image under its own name, which keeps the layers local.
-    let standin_image = format!("lattice-e2e-standin:{}", std::process::id());
-    run(Command::new("docker").args(["tag", &image_a, &standin_image]));
     run(Command::new("docker").args(["rmi", "--no-prune", &image_a, &format!("{}:latest", h.image)]));
-    let discord = format!("{}:{}", docker0_address(), free_port());
-    run(Command::new("docker").args([
-        "run",
-        "--detach",
-        "--name",
-        &h.standin,
-        "--network",
-        "host",
-        &standin_image,
-        "discord-standin",
-        "--listen",
-        &format!("0.0.0.0:{}", discord.rsplit(':').next().unwrap()),
-    ]));
-    h.app_env(&discord);
-    let wrong_key = std::fs::read_to_string(h.dir.join("client_key.pub")).unwrap();
+    h.app_env();
+    let wrong_key = std::fs::read_to_string(base.join("sandbox/client_key.pub")).unwrap();
     let wrong_key: Vec<&str> = wrong_key.split_whitespace().take(2).collect();
-    h.facts.insert("wrong_key", format!("[127.0.0.1]:{SSH_PORT} {}", wrong_key.join(" ")));
+    h.facts.insert("wrong_key", format!("[127.0.0.1]:{} {}", h.env_var("SSH_PORT"), wrong_key.join(" ")));
     h.facts.insert("a", sha_a);
-    h
+    (h, printed)
 }
 
 /// Bad input is refused before the server changes, with what to do.
@@ -915,7 +823,7 @@ fn e2e_bad_input_is_refused_with_the_server_unchanged(h: &mut Harness) {
     h.refused(
         &["deploy", "--sha", &sha_e],
         &[("SSH_PORT", "1")],
-        "cannot reach lattice-deploy@127.0.0.1 on port 1",
+        &format!("cannot reach {}@127.0.0.1 on port 1", h.env_var("SSH_USER")),
     );
     h.refused(
         &["deploy", "--sha", &sha_e],
@@ -1642,6 +1550,83 @@ fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
     }
 }
 
+/// The sandbox as a new operator meets it, in a clone of its own and with nothing but the
+/// environment `sandbox up` printed: `up` again changes nothing (it is running), then `release`,
+/// a second `release`, `rollback`, `status` and `logs --server` all succeed. Runs beside the other
+/// scenarios, on the same sandbox (its own deploy directory and compose project); `sandbox down`
+/// is checked once they are all done ([`the_sandbox_down_leaves_nothing`]).
+fn e2e_the_sandbox_takes_a_release_a_rollback_and_status(h: &mut Harness) {
+    let sandbox = h.dir.parent().unwrap().join("sandbox");
+    assert_eq!(sandbox_up(&sandbox, &h.clone), h.env, "a second `sandbox up` changed the environment");
+    // Commits of its own (a README line each, so the image builds come from the cache): the
+    // scenarios beside must still find commit A's image only in the registry.
+    let sha_a = readme_commit(h, "Tried in the sandbox.");
+    h.xtask_ok(&["release"]);
+    h.assert_serving(&sha_a);
+    let sha_b = readme_commit(h, "Tried in the sandbox again.");
+    h.xtask_ok(&["release"]);
+    h.assert_serving(&sha_b);
+    h.xtask_ok(&["rollback"]);
+    h.assert_serving(&sha_a);
+    let status = h.xtask_ok(&["status"]);
+    assert!(status.contains(&format!("current:  {sha_a}")), "{status}");
+    let logs = h.xtask_ok(&["logs", "--server", "--tail", "50"]);
+    assert!(logs.contains("holding the leader lock"), "the server's bot logs are not shown:\n{logs}");
+}
+
+/// A commit that adds `line` to the README: a release whose image differs from HEAD's by its labels.
+fn readme_commit(h: &Harness, line: &str) -> String {
+    let readme = h.clone.join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    std::fs::write(&readme, format!("{text}\n{line}\n")).unwrap();
+    h.git(&["commit", "--quiet", "-am", line]);
+    h.git(&["rev-parse", "HEAD"])
+}
+
+/// `sandbox down` removes everything `up` and the releases made: containers, volumes, network and
+/// images, both processes (their ports are free again), the sandbox's directory, the deploy
+/// directory, the user when `up` made it; and a second `down` changes nothing.
+fn the_sandbox_down_leaves_nothing(sandbox: &Path, env: &[(String, String)]) {
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+    let (user, image, ssh_port) = (get("SSH_USER"), get("LATTICE_IMAGE"), get("SSH_PORT"));
+    let project = get("LATTICE_COMPOSE_PROJECT");
+    let home = home_of(&user);
+    let made_user = sandbox.join("made-user").exists();
+    let pids: Vec<String> = ["sshd.pid", "registry.pid"]
+        .iter()
+        .map(|f| std::fs::read_to_string(sandbox.join(f)).unwrap().trim().to_string())
+        .collect();
+    let out = sandbox_down(sandbox);
+    assert!(out.status.success(), "cargo xtask sandbox down failed:\n{}", show(&out));
+    for pid in &pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived `sandbox down`");
+    }
+    let registry_port: u16 = image.split(['/', ':']).nth(1).unwrap().parse().unwrap();
+    for port in [ssh_port.parse().unwrap(), registry_port] {
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "127.0.0.1:{port} still listens");
+    }
+    assert!(!sandbox.exists(), "{} is left", sandbox.display());
+    let label = format!("label=com.docker.compose.project={project}");
+    for (what, args) in [
+        ("containers", vec!["ps", "--all", "--quiet", "--filter", &label]),
+        ("containers", vec!["ps", "--all", "--quiet", "--filter", "name=^lattice-sandbox-standin$"]),
+        ("volumes", vec!["volume", "ls", "--quiet", "--filter", &label]),
+        ("networks", vec!["network", "ls", "--quiet", "--filter", &label]),
+        ("images", vec!["image", "ls", "--quiet", &image]),
+        ("images", vec!["image", "ls", "--quiet", STANDIN]),
+    ] {
+        let left = stdout(Command::new("docker").args(&args));
+        assert!(left.is_empty(), "`sandbox down` left {what}: docker {} lists {left}", args.join(" "));
+    }
+    if made_user {
+        let exists = Command::new("id").arg(&user).output().unwrap().status.success();
+        assert!(!exists, "`sandbox down` left the user {user} it made");
+    }
+    assert!(!home.join(&project).exists(), "`sandbox down` left {}", home.join(&project).display());
+    let again = sandbox_down(sandbox);
+    assert!(again.status.success(), "a second `sandbox down` failed:\n{}", show(&again));
+}
+
 type Scenario = (&'static str, fn(&mut Harness));
 
 /// A scenario by its function's name.
@@ -1683,6 +1668,9 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(e2e_no_secret_in_the_output_the_logs_or_the_servers_files),
 ];
 
+/// Runs beside [`SCENARIOS`], on the same sandbox but a deploy directory of its own.
+const BESIDE: Scenario = scenario!(e2e_the_sandbox_takes_a_release_a_rollback_and_status);
+
 /// libtest's filters: positional NAMEs select by substring, `--skip NAME` leaves out; the other
 /// flags cargo passes are accepted and ignored.
 fn selected(args: &[String]) -> Vec<Scenario> {
@@ -1698,6 +1686,7 @@ fn selected(args: &[String]) -> Vec<Scenario> {
     }
     SCENARIOS
         .iter()
+        .chain([&BESIDE])
         .copied()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .filter(|(name, _)| !skips.iter().any(|s| name.contains(s.as_str())))
@@ -1707,45 +1696,85 @@ fn selected(args: &[String]) -> Vec<Scenario> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
-        for (name, _) in SCENARIOS {
+        for (name, _) in SCENARIOS.iter().chain([&BESIDE]) {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
-    let scenarios = selected(&args);
-    println!("\nrunning {} scenarios over one server", scenarios.len());
-    if scenarios.is_empty() {
-        println!("\ntest result: ok. 0 passed; 0 failed; {} filtered out\n", SCENARIOS.len());
+    let mut scenarios = selected(&args);
+    let beside = scenarios.iter().position(|(name, _)| *name == BESIDE.0).map(|i| scenarios.remove(i));
+    let total = scenarios.len() + usize::from(beside.is_some());
+    println!("\nrunning {total} scenarios over one sandbox");
+    if total == 0 {
+        println!("\ntest result: ok. 0 passed; 0 failed; {} filtered out\n", SCENARIOS.len() + 1);
         return ExitCode::SUCCESS;
     }
     let started = Instant::now();
-    let mut h = match std::panic::catch_unwind(fixture) {
-        Ok(h) => h,
+    let base = std::env::temp_dir().join(format!("lattice-deploy-e2e-{}", std::process::id()));
+    let sandbox = base.join("sandbox");
+    let (mut h, printed) = match std::panic::catch_unwind(|| fixture(&base)) {
+        Ok(fixture) => fixture,
         Err(_) => {
             println!(
-                "\nthe fixture (sshd, registry, commit A's image) could not be set up: see the panic above"
+                "\nthe fixture (the sandbox, commit A's image) could not be set up: see the panic above"
             );
-            println!("\ntest result: FAILED. 0 passed; {} not run\n", scenarios.len());
+            println!("\ntest result: FAILED. 0 passed; {total} not run\n");
+            let _ = sandbox_down(&sandbox);
+            let _ = std::fs::remove_dir_all(&base);
             return ExitCode::FAILURE;
         }
     };
     println!("fixture ready in {:.0} s", started.elapsed().as_secs_f64());
     let mut failed = Vec::new();
-    for (name, scenario) in &scenarios {
-        let start = Instant::now();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&mut h)));
-        let verdict = if outcome.is_ok() { "ok" } else { "FAILED" };
-        println!("test {name} ... {verdict} ({:.0} s)", start.elapsed().as_secs_f64());
-        if outcome.is_err() {
-            failed.push(*name);
+    let beside_outcome = std::thread::scope(|scope| {
+        let lane = beside.map(|(name, scenario)| {
+            let printed = printed.clone();
+            let dir = base.join("beside");
+            scope.spawn(move || {
+                let start = Instant::now();
+                let get = |name: &str| printed.iter().find(|(k, _)| k == name).unwrap().1.clone();
+                let (path, project) = (get("LATTICE_DEPLOY_PATH"), get("LATTICE_COMPOSE_PROJECT"));
+                let mut lane = Harness::new(dir, printed, &path, &project);
+                lane.cleans_up = false;
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&mut lane)));
+                (name, outcome.is_ok(), start.elapsed())
+            })
+        });
+        for (name, scenario) in &scenarios {
+            let start = Instant::now();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&mut h)));
+            let verdict = if outcome.is_ok() { "ok" } else { "FAILED" };
+            println!("test {name} ... {verdict} ({:.0} s)", start.elapsed().as_secs_f64());
+            if outcome.is_err() {
+                failed.push(*name);
+            }
         }
-    }
+        lane.map(|lane| lane.join().unwrap())
+    });
     // LATTICE_E2E_TRANSCRIPT=<file> keeps every command and its output, to read what users see.
     if let Ok(path) = std::env::var("LATTICE_E2E_TRANSCRIPT") {
         std::fs::write(path, &h.transcript).unwrap();
     }
     drop(h);
-    let passed = scenarios.len() - failed.len();
+    let down = std::panic::catch_unwind(|| the_sandbox_down_leaves_nothing(&sandbox, &printed));
+    if down.is_err() {
+        let _ = sandbox_down(&sandbox);
+    }
+    if let Some((name, ok, took)) = beside_outcome {
+        let ok = ok && down.is_ok();
+        println!(
+            "test {name} (beside, then `sandbox down`) ... {} ({:.0} s)",
+            if ok { "ok" } else { "FAILED" },
+            took.as_secs_f64()
+        );
+        if !ok {
+            failed.push(name);
+        }
+    } else if down.is_err() {
+        failed.push("the_sandbox_down_leaves_nothing");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    let passed = total - failed.len().min(total);
     if failed.is_empty() {
         println!(
             "\ntest result: ok. {passed} passed; 0 failed; finished in {:.0} s\n",
