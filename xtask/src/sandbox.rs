@@ -426,8 +426,14 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         let env = std::fs::read_to_string(self.path("env")).unwrap_or_default();
         let recorded = env.lines().find_map(|l| l.strip_prefix("export LATTICE_IMAGE="));
         let image = recorded.map(|v| v.trim_matches('\'').to_string()).unwrap_or_else(|| self.image());
-        let images = plan.read(Cmd::of("docker image ls --format {{.Repository}}:{{.Tag}}").arg(image))?;
-        let mut images: Vec<&str> = images.split_whitespace().collect();
+        // An image a later pull took the tag from keeps only its digest (`<repo>:<none>` cannot be
+        // removed by that name): such an image goes by `<repo>@<digest>`, or by its id without one.
+        let listed = plan.read(
+            Cmd::of("docker image ls --format")
+                .arg("{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}} {{.ID}}")
+                .arg(image),
+        )?;
+        let mut images: Vec<&str> = listed.lines().filter_map(image_ref).collect();
         images.push(STANDIN);
         if !plan.is_dry_run() {
             // The build cache stays: --no-prune keeps the parent layers.
@@ -490,6 +496,20 @@ fn docker0_address(ip_output: &str) -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::new(172, 17, 0, 1))
 }
 
+/// The name `docker rmi` removes one line of `docker image ls --format "<repo>:<tag>
+/// <repo>@<digest> <id>"` by: its tag, else its digest, else its id.
+fn image_ref(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    let (tagged, digested, id) = (words.next()?, words.next()?, words.next()?);
+    if !tagged.ends_with(":<none>") {
+        Some(tagged)
+    } else if !digested.ends_with("@<none>") {
+        Some(digested)
+    } else {
+        Some(id)
+    }
+}
+
 /// Writes one of the sandbox's files (noted, not written, in a dry run).
 fn write(plan: &Plan, path: &Path, text: &str) -> Result<()> {
     if plan.is_dry_run() {
@@ -544,5 +564,17 @@ mod tests {
         let out = "4: docker0    inet 172.18.0.1/16 brd 172.18.255.255 scope global docker0\\       valid_lft forever";
         assert_eq!(docker0_address(out), Ipv4Addr::new(172, 18, 0, 1));
         assert_eq!(docker0_address(""), Ipv4Addr::new(172, 17, 0, 1));
+    }
+
+    #[test]
+    fn an_image_without_its_tag_is_removed_by_digest_or_id() {
+        let r = "127.0.0.1:5000/lattice-bot";
+        assert_eq!(image_ref(&format!("{r}:abc {r}@sha256:1 0f")), Some("127.0.0.1:5000/lattice-bot:abc"));
+        assert_eq!(
+            image_ref(&format!("{r}:<none> {r}@sha256:1 0f")),
+            Some("127.0.0.1:5000/lattice-bot@sha256:1")
+        );
+        assert_eq!(image_ref(&format!("{r}:<none> {r}@<none> 0f")), Some("0f"));
+        assert_eq!(image_ref(""), None);
     }
 }

@@ -1616,7 +1616,16 @@ fn the_sandbox_down_leaves_nothing(sandbox: &Path, env: &[(String, String)]) {
         ("images", vec!["image", "ls", "--quiet", STANDIN]),
     ] {
         let left = stdout(Command::new("docker").args(&args));
-        assert!(left.is_empty(), "`sandbox down` left {what}: docker {} lists {left}", args.join(" "));
+        if !left.is_empty() {
+            // What is left, and what could hold it, to tell why.
+            let images = stdout(Command::new("docker").args(["image", "ls", "--all", "--digests"]));
+            let containers =
+                stdout(Command::new("docker").args(["ps", "--all", "--format", "{{.Names}} {{.Image}}"]));
+            panic!(
+                "`sandbox down` left {what}: docker {} lists {left}\nimages:\n{images}\ncontainers:\n{containers}",
+                args.join(" ")
+            );
+        }
     }
     if made_user {
         let exists = Command::new("id").arg(&user).output().unwrap().status.success();
