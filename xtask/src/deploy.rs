@@ -2,7 +2,7 @@
 //!     cargo xtask deploy — put a release that is already in the registry on the server.
 //!
 //! SYNOPSIS
-//!     cargo xtask deploy --sha <git sha> [--lock-wait SECS] [--allow-older] [--dry-run]
+//!     cargo xtask deploy --sha <git sha> [--lock-wait SECS] [--allow-older] [--verbose] [--dry-run]
 //!
 //! DESCRIPTION
 //!     Preflight, locally and without touching the server: the sha names a commit, its image is in
@@ -10,13 +10,15 @@
 //!     problem is listed at once. Then, over one SSH connection: check the server's `.env` has every
 //!     app variable (names only), take the lock, refuse a commit that is an ancestor of the running
 //!     release (deploys go forward; `rollback` goes back, or `--allow-older`), upload the release's
-//!     own compose files, pull, compare the migrations the image carries (label
-//!     `lattice.schema.head`) with those the database has: when it has them all, neither snapshot
-//!     nor migration; otherwise snapshot the database (`pg_dump -Fc` into
-//!     `<deploy_path>/snapshots`, the newest `snapshots_kept` kept) and migrate (`compose run --rm bot migrate`; a failure stops here and the running release
-//!     is left untouched). Then switch `current` and hand the bot over make-before-break until the
-//!     new one leads (it never did: switch back to the previous release, whose bot serves again,
-//!     record both, fail with the new container's last log lines), record in `deploys.log`, prune
+//!     own compose files (through the lock's own session), pull unless the server has the image
+//!     (a private registry's login only then, in a Docker config of that pull alone), compare the
+//!     migrations the image carries (label `lattice.schema.head`) with those the database has: when
+//!     it has them all, neither snapshot nor migration; otherwise snapshot the database
+//!     (`pg_dump -Fc` into `<deploy_path>/snapshots`, the newest `snapshots_kept` kept) and migrate
+//!     (`compose run --rm bot migrate`; a failure stops here and the running release is left
+//!     untouched). Then switch `current` and hand the bot over make-before-break until the new one
+//!     leads (it never did: switch back to the previous release, whose bot serves again, record
+//!     both, fail with the new container's last log lines), record in `deploys.log`, prune
 //!     releases beyond `releases_kept`. The server never builds.
 //!
 //!     The switch-back asks what rollback asks: when the database now has migrations the previous
@@ -25,12 +27,17 @@
 //!     the way back: `cargo xtask restore <snapshot> --yes`, then
 //!     `cargo xtask rollback --sha <previous>`.
 //!
+//!     It prints one line per step with its seconds — preflight, connect, lock, upload, pull,
+//!     migrate, switch (the new bot a ready standby), healthy (it leads) — and a last line with
+//!     the seconds until the new release served and until the end. `--verbose` prints every
+//!     command and its output as well; `--dry-run` prints the commands and runs none.
+//!
 //!     The switch, handover, switch-back and record are one script (`.switch.sh`) that the lock's
 //!     own ssh session starts detached (`setsid nohup`): it inherits the locked file descriptor, so
 //!     a killed client can neither cut a switch in half nor free the lock before `current`, the
-//!     running container and `deploys.log` agree again. The client follows its log (`.switch.log`).
-//!     Killed earlier (upload, pull, migrate), the lock dies with the ssh session and nothing was
-//!     switched; running the same deploy again completes it.
+//!     running container and `deploys.log` agree again. The lock's session streams its log
+//!     (`.switch.log`) back and then its result. Killed earlier (upload, pull, migrate), the lock
+//!     dies with the ssh session and nothing was switched; running the same deploy again completes it.
 //!
 //!     Test hook: `LATTICE_TEST_PAUSE_AT=pulled|migrate|switch|health` prints
 //!     `lattice test pause: <step>` at that point and sleeps 5 s, so the end-to-end test can kill
@@ -42,18 +49,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     compose, flags, notify,
-    plan::{Cmd, Line, Plan},
+    plan::{Cmd, Line, Plan, Steps},
     project::Project,
     registry,
     remote::{
         connection_lost, history, pause_at,
         schema::{self, blocking_migrations, versions, LABEL_COMPATIBLE},
-        who, Action, Server, Sha, Switch, SwitchBack,
+        who, Action, Server, Sha, State, Switch, SwitchBack,
     },
 };
-
-/// Pulls with registry credentials that live only for the pull (see the script's header).
-const PULL_SH: &str = include_str!("remote/pull.sh");
 
 impl flags::Deploy {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
@@ -80,6 +84,7 @@ fn preflight<'p, 'a>(
     plan: &'p Plan<'a>,
     project: &Project,
     sha: &str,
+    steps: &mut Steps,
 ) -> Result<(Server<'p, 'a>, Option<ReleaseFiles>)> {
     plan.note("preflight: nothing on the server changes until every check passes");
     let mut problems = Vec::new();
@@ -108,12 +113,29 @@ fn preflight<'p, 'a>(
         if registry::is_loopback(repository) {
             inspect = inspect.arg("--insecure");
         }
+        // Both at once: each is a round trip of its own (the registry; Compose's start-up).
+        let (_dir, config) = overlays_check(plan, project, files)?;
+        let mut checks = vec![config];
         if logged_in {
-            if let Err(stderr) = plan.attempt(inspect.arg(&image))? {
+            checks.insert(0, inspect.arg(&image));
+        }
+        let mut answers = plan.attempt_all(checks)?;
+        if logged_in {
+            if let Err(stderr) = answers.remove(0) {
                 problems.push(registry::manifest_problem(&image, &stderr));
             }
         }
-        validate_overlays(plan, project, files, &mut problems)?;
+        // The overlays' check is the last one (the manifest's, when asked, came first).
+        if let Some(Err(_)) = answers.last() {
+            problems.push(format!(
+                "the compose overlays of {} are not valid: run `docker compose -f compose/base.yml -f compose/prod.yml \
+                 config` on that commit (with BOT_IMAGE set) to see why",
+                files.sha
+            ));
+        }
+    }
+    if problems.is_empty() {
+        steps.done("preflight", "");
     }
     let server = Server::open(plan, project, problems)?;
     Ok((server, files))
@@ -150,13 +172,9 @@ fn release_files(plan: &Plan, sha: &Sha, problems: &mut Vec<String>) -> Result<O
     Ok(Some(ReleaseFiles { base: show(compose::BASE)?, prod: show(compose::PROD)?, sha: full.clone() }))
 }
 
-/// `docker compose config -q` over the release's own files, with that release's BOT_IMAGE.
-fn validate_overlays(
-    plan: &Plan,
-    project: &Project,
-    files: &ReleaseFiles,
-    problems: &mut Vec<String>,
-) -> Result<()> {
+/// `docker compose config -q` over the release's own files, with that release's BOT_IMAGE, written
+/// to the returned temporary directory.
+fn overlays_check(plan: &Plan, project: &Project, files: &ReleaseFiles) -> Result<(xshell::TempDir, Cmd)> {
     let sh = plan.sh();
     let dir = sh.create_temp_dir()?;
     let base = dir.path().join("base.yml");
@@ -170,14 +188,7 @@ fn validate_overlays(
         files: vec![base.display().to_string(), prod.display().to_string()],
         env_files: vec![release_env.display().to_string()],
     };
-    if !plan.check(stack.cmd().args(["config", "--quiet"]))? {
-        problems.push(format!(
-            "the compose overlays of {} are not valid: run `docker compose -f compose/base.yml -f compose/prod.yml \
-             config` on that commit (with BOT_IMAGE set) to see why",
-            files.sha
-        ));
-    }
-    Ok(())
+    Ok((dir, stack.cmd().args(["config", "--quiet"])))
 }
 
 /// The deploy, and its notification (`LATTICE_NOTIFY_WEBHOOK`) whatever the outcome.
@@ -202,45 +213,33 @@ fn deploy_steps(
     allow_older: bool,
     started: Instant,
 ) -> Result<()> {
-    let (server, files) = preflight(plan, project, sha)?;
+    let mut steps = Steps::since(plan, started);
+    let (server, files) = preflight(plan, project, sha, &mut steps)?;
     let Some(files) = files else { bail!("preflight failed") };
     let sha = files.sha.clone();
     (|| -> Result<()> {
         server.require_app_env()?;
+        steps.done("connect", "");
         let holder = format!("{} deploy {sha}", who(&project.env));
         let mut lock = server.lock(&holder, lock_wait)?;
         server.settle_unfinished()?;
-        let previous = server.current()?;
+        let state = server.state()?;
+        let previous = state.current.clone();
         refuse_older(plan, &sha, previous.as_deref(), allow_older)?;
+        steps.done("lock", "");
         let layout = server.layout.clone();
         let dir = layout.release_dir(&sha);
 
         plan.note(&format!("ship {dir}: the compose files of {sha} itself, and its image name"));
-        for (name, content) in [
-            ("base.yml", files.base.clone()),
-            ("prod.yml", files.prod.clone()),
-            ("release.env", files.release_env(project)),
-        ] {
-            let path = format!("{dir}/{name}");
-            let upload = Cmd::of("mkdir -p")
-                .arg(&dir)
-                .and(Cmd::of("cat").write_to(&format!("{path}.new")))
-                .and(Cmd::of("mv").arg(format!("{path}.new")).arg(&path));
-            server.run_with_input(upload, content)?;
-        }
-        if let (Some(user), Some(password)) =
-            (project.env.get("REGISTRY_USER"), project.env.get("REGISTRY_PASSWORD"))
+        for (name, content) in
+            [("base.yml", &files.base), ("prod.yml", &files.prod), ("release.env", &files.release_env(project))]
         {
-            // The server pulls from a private registry with the same login, the password on stdin,
-            // through a Docker config of this pull alone (removed right after it).
-            let image = layout.image(&sha);
-            let registry = registry::host(&project.settings.image);
-            server.run_with_input(
-                Cmd::script("pull.sh", PULL_SH).arg(registry).arg(user).arg(image),
-                password,
-            )?;
+            lock.write(plan, &format!("{dir}/{name}"), content)?;
         }
-        server.run(layout.compose(&sha, &["pull", "--policy", "missing", "--quiet"])).context("pull")?;
+        // (Each write's answer shows the lock still held.)
+        steps.done("upload", "");
+        let pulled = server.pull(&project.env, &sha).context("pull")?;
+        steps.done("pull", &pulled);
         let pause = pause_at(&project.env);
         if pause.as_deref() == Some("pulled") && !plan.is_dry_run() {
             eprintln!("lattice test pause: pulled");
@@ -248,19 +247,26 @@ fn deploy_steps(
         }
 
         lock.ensure_held()?;
-        let back = migrate(&server, &sha, previous.as_deref(), pause.as_deref())?;
+        let (back, migrated) = migrate(&server, &sha, previous.as_deref(), pause.as_deref())?;
+        steps.done("migrate", &migrated);
 
         Switch::new(&project.env, &layout, &sha, previous.as_deref(), Action::Deploy, started)
             .with_back(back)
-            .run(&server, &mut lock)?;
-        prune(&server, project, &sha)?;
+            .run(&server, &mut lock, &mut steps)?;
+        let serving = steps.at_last();
+        if lock.ensure_held().is_ok() {
+            prune(&server, project, &sha, &state)?;
+        } else {
+            // The connection dropped during the switch: the lock went with it, so nothing more.
+            eprintln!("the deploy lock went with the dropped connection: old releases are pruned by the next deploy");
+        }
+        drop(lock);
+        if !plan.is_dry_run() {
+            println!("deployed {sha}: serving after {serving:.1} s, done in {:.1} s", steps.elapsed());
+        }
         Ok(())
     })()
-    .with_context(|| format!("deploy {sha}"))?;
-    if !plan.is_dry_run() {
-        println!("deployed {sha}: healthy after {} s", started.elapsed().as_secs());
-    }
-    Ok(())
+    .with_context(|| format!("deploy {sha}"))
 }
 
 /// Refuses a commit older than the running release (an ancestor of it) unless `allow_older`: a
@@ -293,8 +299,13 @@ fn refuse_older(plan: &Plan, sha: &str, current: Option<&str>, allow_older: bool
 /// carries (no snapshot, no migrate container); otherwise a snapshot first (when the database has
 /// anything to keep), then the image's `migrate`. Returns what the schema then allows of a
 /// switch-back to `previous` (rollback's check: the previous code's head against the applied
-/// migrations and the new image's backward-compatible ones).
-fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&str>) -> Result<SwitchBack> {
+/// migrations and the new image's backward-compatible ones), and what was done, for the step line.
+fn migrate(
+    server: &Server,
+    sha: &str,
+    previous: Option<&str>,
+    pause: Option<&str>,
+) -> Result<(SwitchBack, String)> {
     let plan = server.plan();
     let layout = &server.layout;
     plan.note("Postgres up (as it runs, or started) to read which migrations the database has");
@@ -311,10 +322,13 @@ fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&st
             head.unwrap_or_default()
         ));
         if pause == Some("migrate") {
-            // The test hook still stops where the migration would have run.
-            server.run(Cmd::of("echo").arg("lattice test pause: migrate").and(Cmd::of("sleep 5")))?;
+            // The test hook still stops where the migration would have run (its marker seen as it
+            // comes).
+            server.run_shown(Cmd::of("echo").arg("lattice test pause: migrate").and(Cmd::of("sleep 5")))?;
         }
-        return Ok(SwitchBack::default());
+        let detail =
+            format!("skipped: the database has every migration (up to {})", head.unwrap_or_default());
+        return Ok((SwitchBack::default(), detail));
     }
     let snapshot = if applied.is_empty() && !plan.is_dry_run() {
         plan.note("the database has no migrations yet: nothing to snapshot");
@@ -327,7 +341,9 @@ fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&st
     if pause == Some("migrate") {
         step = step.and(Cmd::of("echo").arg("lattice test pause: migrate")).and(Cmd::of("sleep 5"));
     }
-    if let Err(err) = server.run(step) {
+    // The test hook's marker must be seen as it comes.
+    let ran = if pause == Some("migrate") { server.run_shown(step) } else { server.run(step) };
+    if let Err(err) = ran {
         if connection_lost(&err) {
             bail!(
                 "the connection to the server dropped during the migration, so whether it finished is unknown; \
@@ -339,7 +355,8 @@ fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&st
             .context("migrations failed (their output is above); nothing was switched, the running release still serves"));
     }
     let Some(previous) = previous.filter(|p| *p != sha) else {
-        return Ok(SwitchBack { blocking: Vec::new(), snapshot });
+        let detail = migrated(&snapshot);
+        return Ok((SwitchBack { blocking: Vec::new(), snapshot }, detail));
     };
     let after = server.applied_migrations(sha)?;
     let compatible = versions(&server.image_label(sha, LABEL_COMPATIBLE)?);
@@ -354,7 +371,13 @@ fn migrate(server: &Server, sha: &str, previous: Option<&str>, pause: Option<&st
             schema::list(&blocking)
         ));
     }
-    Ok(SwitchBack { blocking, snapshot })
+    let detail = migrated(&snapshot);
+    Ok((SwitchBack { blocking, snapshot }, detail))
+}
+
+/// The migrate step's detail: the snapshot taken first, if any.
+fn migrated(snapshot: &Option<String>) -> String {
+    snapshot.as_ref().map(|name| format!("snapshot {name} first")).unwrap_or_default()
 }
 
 /// The release directories beyond `releases_kept`: never `current` nor the newest good ones, and
@@ -370,18 +393,16 @@ fn prunable(listed: &[String], history: &[history::Line], current: &str, keep: u
 }
 
 /// Removes release directories (and their images) beyond `releases_kept`, never `current` nor the
-/// newest good ones, which rollback needs.
-fn prune(server: &Server, project: &Project, current: &str) -> Result<()> {
+/// newest good ones, which rollback needs. `before`: what the server held before this deploy.
+fn prune(server: &Server, project: &Project, current: &str, before: &State) -> Result<()> {
     let layout = &server.layout;
-    let listed = server.releases()?;
-    let history = server.history()?;
     if server.plan().is_dry_run() {
         server
             .plan()
             .note(&format!("prune: keep {} releases and their images", project.settings.releases_kept));
         return Ok(());
     }
-    let stale = prunable(&listed, &history, current, project.settings.releases_kept);
+    let stale = prunable(&before.releases, &before.history, current, project.settings.releases_kept);
     if stale.is_empty() {
         return Ok(());
     }
@@ -418,9 +439,11 @@ mod tests {
             "ssh -F '$TMP/config' lattice-server true",
             ".env",
             "flock -n -E 75 .lock",
-            "releases/0123456789abcdef0123456789abcdef01234567/base.yml.new",
-            "releases/0123456789abcdef0123456789abcdef01234567/release.env.new",
-            "pull --policy missing",
+            "readlink current",
+            "write releases/0123456789abcdef0123456789abcdef01234567/base.yml",
+            "write releases/0123456789abcdef0123456789abcdef01234567/release.env",
+            "docker image inspect ghcr.io/lattice-bot/lattice-bot:0123456789abcdef0123456789abcdef01234567",
+            "pull.sh ghcr.io bot",
             "up --detach --no-recreate --wait postgres",
             "lattice.schema.head",
             "exec --no-TTY postgres sh -c",
@@ -434,10 +457,11 @@ mod tests {
             "docker stop",
             "healthcheck --wait leader --timeout 90",
             ">> deploys.log",
+            "write .switch.sh",
             "setsid nohup sh .switch.sh",
             "-f .switch.log",
             "cat .switch.result",
-            "ls -1 releases",
+            "prune: keep",
         ];
         let mut at = 0;
         for needle in order {

@@ -12,6 +12,11 @@ pub struct Xtask {
     #[arg(long, global = true)]
     pub dry_run: bool,
 
+    /// Print every command as it runs, with its output (deploy, rollback and release print one
+    /// line per step with its seconds otherwise).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub task: Task,
 }
@@ -208,6 +213,9 @@ pub struct Bench {
     /// Run only this group (repeatable): compile, image, dev, memory, handover, deploy.
     #[arg(long, value_name = "GROUP", value_parser = ["compile", "image", "dev", "memory", "handover", "deploy"])]
     pub only: Vec<String>,
+    /// Rounds of the deploy group (each: ours and the original flow, deploy and rollback).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub rounds: u64,
 }
 
 #[derive(Args, Debug)]

@@ -53,7 +53,9 @@ fn run(flags: flags::Xtask) -> Result<()> {
     let sh = Shell::new()?;
     let project = Project::load()?;
     sh.change_dir(&project.root);
-    let plan = Plan::new(&sh, flags.dry_run);
+    // Deploy, rollback and release print one line per step; every other task echoes its commands.
+    let stepwise = matches!(flags.task, Task::Deploy(_) | Task::Rollback(_) | Task::Release(_));
+    let plan = Plan::new(&sh, flags.dry_run).verbose(flags.verbose || !stepwise);
     match flags.task {
         Task::Dev(task) => task.run(&plan, &project),
         Task::Image(task) => task.run(&plan, &project),

@@ -31,17 +31,33 @@ pub enum Mode {
     /// the xtask, but a rebuild or a container switch already started finishes on its own instead
     /// of being left halfway.
     Detached,
+    /// Both kept for the caller, nothing shown; stopped with the xtask.
+    Quiet,
 }
 
 pub struct Plan<'a> {
     sh: &'a Shell,
     dry_run: bool,
+    /// Whether a run echoes each command and note and shows its output as it comes. When not,
+    /// a task prints one line per step ([`Steps`]) and a command's output is kept and shown only
+    /// when it fails. A dry run always prints the plan.
+    verbose: bool,
     steps: RefCell<Vec<String>>,
 }
 
 impl<'a> Plan<'a> {
     pub fn new(sh: &'a Shell, dry_run: bool) -> Plan<'a> {
-        Plan { sh, dry_run, steps: RefCell::new(Vec::new()) }
+        Plan { sh, dry_run, verbose: true, steps: RefCell::new(Vec::new()) }
+    }
+
+    /// The same plan, echoing commands only when `verbose` (see [`Plan::is_verbose`]).
+    pub fn verbose(self, verbose: bool) -> Plan<'a> {
+        Plan { verbose, ..self }
+    }
+
+    /// Whether commands are echoed and their output shown as it comes.
+    pub fn is_verbose(&self) -> bool {
+        self.verbose
     }
 
     pub fn sh(&self) -> &'a Shell {
@@ -63,7 +79,7 @@ impl<'a> Plan<'a> {
         self.steps.borrow_mut().push(format!("# {text}"));
         if self.dry_run {
             println!("# {text}");
-        } else {
+        } else if self.verbose {
             eprintln!("# {text}");
         }
     }
@@ -73,7 +89,7 @@ impl<'a> Plan<'a> {
         self.steps.borrow_mut().push(line.clone());
         if self.dry_run {
             println!("$ {line}");
-        } else {
+        } else if self.verbose {
             eprintln!("$ {line}");
         }
         line
@@ -97,13 +113,33 @@ impl<'a> Plan<'a> {
         x
     }
 
-    /// Runs a step, its output going straight to the terminal. Fails on a non-zero exit.
+    /// Runs a step, its output going straight to the terminal (when not verbose: kept, and shown
+    /// only when the step fails). Fails on a non-zero exit.
     pub fn run(&self, cmd: Cmd) -> Result<()> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(());
+        }
+        if self.verbose {
+            // xshell's error already names the whole command and its exit code.
+            return Ok(self.xshell(&cmd).run()?);
+        }
+        let out = self.output(cmd, Mode::Quiet)?.expect("not a dry run");
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut stderr = std::io::stderr().lock();
+        let _ = std::io::Write::write_all(&mut stderr, &out.stdout);
+        let _ = std::io::Write::write_all(&mut stderr, &out.stderr);
+        anyhow::bail!("step failed ({}): {line}", out.status)
+    }
+
+    /// Runs a step with its output shown as it comes, verbose or not. Fails on a non-zero exit.
+    pub fn run_shown(&self, cmd: Cmd) -> Result<()> {
         self.record(&cmd);
         if self.dry_run {
             return Ok(());
         }
-        // xshell's error already names the whole command and its exit code.
         Ok(self.xshell(&cmd).run()?)
     }
 
@@ -212,7 +248,7 @@ impl<'a> Plan<'a> {
     /// caller reads `status`. The step writes into unlinked files rather than pipes, so a detached
     /// step outliving the xtask is not killed by a broken pipe. A dry run prints it and returns `None`.
     pub fn output(&self, cmd: Cmd, mode: Mode) -> Result<Option<Output>> {
-        let line = self.record(&cmd);
+        let line = if mode == Mode::Quiet { cmd.to_string() } else { self.record(&cmd) };
         if self.dry_run {
             return Ok(None);
         }
@@ -223,6 +259,7 @@ impl<'a> Plan<'a> {
         match mode {
             Mode::Live => command.stderr(Stdio::inherit()),
             Mode::Detached => command.process_group(0).stderr(stderr_file.try_clone()?),
+            Mode::Quiet => command.stderr(stderr_file.try_clone()?),
         };
         let status = command.status().with_context(|| format!("could not start: {line}"))?;
         let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
@@ -281,20 +318,42 @@ impl<'a> Plan<'a> {
     /// exits 0, `Ok(Err(stderr))` (trimmed) when not. Its output is captured, not shown. A dry run
     /// assumes success.
     pub fn attempt(&self, cmd: Cmd) -> Result<std::result::Result<(), String>> {
-        let line = self.record(&cmd);
+        Ok(self.attempt_all(vec![cmd])?.remove(0))
+    }
+
+    /// Runs independent steps whose failures the caller explains from what they said, all at
+    /// once: each answer is `Ok(())` when its step exits 0, `Err(stderr)` (trimmed) when not, in
+    /// the steps' order. Their output is captured, not shown. A dry run assumes success.
+    pub fn attempt_all(&self, cmds: Vec<Cmd>) -> Result<Vec<std::result::Result<(), String>>> {
+        let lines: Vec<String> = cmds.iter().map(|cmd| self.record(cmd)).collect();
         if self.dry_run {
-            return Ok(Ok(()));
+            return Ok(cmds.iter().map(|_| Ok(())).collect());
         }
-        let output = self
-            .xshell(&cmd)
-            .ignore_status()
-            .ignore_stdout()
-            .output()
-            .with_context(|| format!("could not start: {line}"))?;
-        if output.status.success() {
-            return Ok(Ok(()));
+        let mut children = Vec::new();
+        for (cmd, line) in cmds.iter().zip(&lines) {
+            let mut command = std::process::Command::from(self.xshell(cmd));
+            let input = cmd.input().map(<[u8]>::to_vec);
+            command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+            let mut child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("could not start: {line}"))?;
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                std::io::Write::write_all(&mut stdin, &input)?;
+            }
+            children.push(child);
         }
-        Ok(Err(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+        let mut answers = Vec::new();
+        for (child, line) in children.into_iter().zip(&lines) {
+            let output = child.wait_with_output().with_context(|| format!("waiting for: {line}"))?;
+            answers.push(if output.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+            });
+        }
+        Ok(answers)
     }
 
     /// Runs a step already printed as `line`, its output hidden; whether it exited 0.
@@ -307,6 +366,64 @@ impl<'a> Plan<'a> {
             .output()
             .with_context(|| format!("could not start: {line}"))?;
         Ok(output.status.success())
+    }
+}
+
+/// What a person reads of a run: one line per step with its seconds (`  pull        0.84 s`),
+/// measured from the end of the step before. A dry run prints none (nothing ran).
+pub struct Steps<'p, 'a> {
+    plan: &'p Plan<'a>,
+    started: std::time::Instant,
+    mark: std::time::Instant,
+}
+
+impl<'p, 'a> Steps<'p, 'a> {
+    pub fn new(plan: &'p Plan<'a>) -> Steps<'p, 'a> {
+        Steps::since(plan, std::time::Instant::now())
+    }
+
+    /// Steps of a task that started at `started`.
+    pub fn since(plan: &'p Plan<'a>, started: std::time::Instant) -> Steps<'p, 'a> {
+        Steps { plan, started, mark: started }
+    }
+
+    /// Ends the step `name` now: prints its line (with `detail`, if any) and starts the next.
+    pub fn done(&mut self, name: &str, detail: &str) {
+        self.done_at(name, detail, std::time::Instant::now());
+    }
+
+    /// Ends the step `name` at `at` (when it was seen to end).
+    pub fn done_at(&mut self, name: &str, detail: &str, at: std::time::Instant) {
+        let secs = at.saturating_duration_since(self.mark).as_secs_f64();
+        self.mark = at;
+        if self.plan.is_dry_run() {
+            return;
+        }
+        eprintln!("{}", step_line(name, secs, detail));
+    }
+
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    /// Seconds since the task started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Seconds from the task's start to the end of the last step.
+    pub fn at_last(&self) -> f64 {
+        self.mark.saturating_duration_since(self.started).as_secs_f64()
+    }
+}
+
+/// `  name      1.23 s  detail`.
+pub fn step_line(name: &str, secs: f64, detail: &str) -> String {
+    let line = format!("  {name:<10}{secs:>6.2} s");
+    if detail.is_empty() {
+        line
+    } else {
+        [line.as_str(), "  ", detail].concat()
     }
 }
 

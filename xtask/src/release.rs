@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     flags::{self, ImageAction, ImageOpts},
-    plan::{Cmd, Plan},
+    plan::{Cmd, Plan, Steps},
     project::Project,
     remote::Target,
 };
@@ -27,9 +27,11 @@ impl flags::Release {
         }
         // The two tasks as CI runs them, one after the other: `image push`, then `deploy` of the
         // commit it pushed (HEAD: a dirty tree is refused, or built as HEAD with --allow-dirty).
+        let mut steps = Steps::new(plan);
         let push = ImageOpts { allow_dirty: self.allow_dirty };
         flags::Image { action: ImageAction::Push(push) }.run(plan, project)?;
         let sha = plan.read_fact(Cmd::of("git rev-parse HEAD"))?;
+        steps.done("image", "");
         flags::Deploy { sha, lock_wait: self.lock_wait, allow_older: false }.run(plan, project)
     }
 }

@@ -2,13 +2,15 @@
 //!     cargo xtask rollback — switch the server back to an earlier release.
 //!
 //! SYNOPSIS
-//!     cargo xtask rollback [--sha <sha>] [--force] [--lock-wait SECS] [--dry-run]
+//!     cargo xtask rollback [--sha <sha>] [--force] [--lock-wait SECS] [--verbose] [--dry-run]
 //!
 //! DESCRIPTION
 //!     The target is `--sha` (a release still on the server; a unique prefix is enough) or, by
 //!     default, the newest release in `deploys.log` that ran healthily and is not the current one.
-//!     Nothing is built; the image is pulled only when the server no longer has it. The target runs
-//!     with its own compose files. Schema-aware: when the database has migrations newer than the
+//!     A rollback is the switch alone: nothing is built or migrated, and the image is pulled (with
+//!     a registry login) only when the server no longer has it. The target runs with its own
+//!     compose files. One line per step with its seconds (connect, lock, check, switch, healthy),
+//!     the commands under `--verbose`. Schema-aware: when the database has migrations newer than the
 //!     target image knows (label `lattice.schema.head`), the rollback is refused unless each of
 //!     them is declared backward-compatible by the current image (label
 //!     `lattice.schema.backward-compatible`) or `--force` is given.
@@ -19,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     flags, notify,
-    plan::{Cmd, Plan},
+    plan::{Plan, Steps},
     project::Project,
     remote::{
         history,
@@ -47,6 +49,7 @@ impl flags::Rollback {
         started: Instant,
         chosen: &mut Option<String>,
     ) -> Result<()> {
+        let mut steps = Steps::since(plan, started);
         let mut problems = Vec::new();
         if let Some(sha) = &self.sha {
             if let Err(e) = Sha::parse(sha) {
@@ -54,41 +57,42 @@ impl flags::Rollback {
             }
         }
         let server = Server::open(plan, project, problems)?;
+        steps.done("connect", "");
         let holder = format!("{} rollback {}", who(&project.env), self.sha.as_deref().unwrap_or("previous"));
         let mut lock = server.lock(&holder, self.lock_wait)?;
         server.settle_unfinished()?;
-        let now = server.current()?;
-        let history = server.history()?;
-        let releases = server.releases()?;
+        let state = server.state()?;
+        steps.done("lock", "");
+        let now = state.current.as_deref();
         let target = if plan.is_dry_run() {
             self.sha.clone().unwrap_or_else(|| "<previous good release>".into())
         } else {
-            let releases: Vec<&str> = releases.iter().map(String::as_str).collect();
-            pick_target(self.sha.as_deref(), now.as_deref(), &history, &releases)?
+            let releases: Vec<&str> = state.releases.iter().map(String::as_str).collect();
+            pick_target(self.sha.as_deref(), now, &state.history, &releases)?
         };
         *chosen = Some(target.clone());
-        if now.as_deref() == Some(target.as_str()) {
+        if now == Some(target.as_str()) {
             println!("{target} is already the current release; nothing to do");
             return Ok(());
         }
         let layout = server.layout.clone();
         plan.note(&format!("roll back to {target}: its own compose files; pull only if its image is gone"));
-        server
-            .run(
-                Cmd::of("docker image inspect")
-                    .arg(layout.image(&target))
-                    .silent()
-                    .or(layout.compose(&target, &["pull", "--policy", "missing", "--quiet", "bot"])),
-            )
+        let pulled = server
+            .pull(&project.env, &target)
             .with_context(|| format!("the image of {target} is not on the server and could not be pulled"))?;
-        if let Some(now) = now.as_deref() {
+        if let Some(now) = now {
             schema_check(&server, &target, now, self.force)?;
         }
-        Switch::new(&project.env, &layout, &target, now.as_deref(), Action::Rollback, started)
-            .run(&server, &mut lock)
+        steps.done("check", &pulled);
+        Switch::new(&project.env, &layout, &target, now, Action::Rollback, steps.started())
+            .run(&server, &mut lock, &mut steps)
             .with_context(|| format!("rollback to {target}"))?;
         if !plan.is_dry_run() {
-            println!("rolled back to {target}: healthy after {} s", started.elapsed().as_secs());
+            println!(
+                "rolled back to {target}: serving after {:.1} s, done in {:.1} s",
+                steps.at_last(),
+                steps.elapsed()
+            );
         }
         Ok(())
     }
@@ -139,15 +143,16 @@ fn pick_target(
 /// Refuses a rollback whose image is older than the database schema, unless every newer applied
 /// migration is declared backward-compatible by the current image, or `force`.
 fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Result<()> {
-    let head = server.image_label(target, LABEL_HEAD)?;
-    let compatible = server.image_label(current, LABEL_COMPATIBLE)?;
-    let applied = match server.applied_migrations(current) {
-        Ok(applied) => applied,
-        Err(_) if force => {
+    let schema = server.schema(target, LABEL_HEAD, current, LABEL_COMPATIBLE)?;
+    let (head, compatible) = (schema.head, schema.compatible);
+    let applied = match schema.applied {
+        Some(applied) => versions(&applied),
+        None if server.plan().is_dry_run() => Vec::new(),
+        None if force => {
             eprintln!("warning: cannot read the database's applied migrations; rolling back without a schema check (--force)");
             return Ok(());
         }
-        Err(_) => bail!(
+        None => bail!(
             "cannot read the database's applied migrations (psql's message is above), so the rollback cannot be \
              checked against the schema; is Postgres running (`cargo xtask status`)? --force skips the check"
         ),

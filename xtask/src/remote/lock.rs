@@ -16,12 +16,12 @@ use std::{
         Arc, Mutex,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use super::{Server, LOCK, LOCK_HOLDER, SWITCH_LOG, SWITCH_SCRIPT};
+use super::{Server, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT};
 use crate::plan::{Cmd, Plan};
 
 /// The lock's session (see the script's header).
@@ -135,19 +135,33 @@ impl Session {
 }
 
 impl Session {
+    /// Sends `message` to the lock's session as one write, so that no heartbeat falls inside it.
+    fn send(&mut self, message: &str) -> Result<()> {
+        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let stdin = guard.as_mut().context("the lock session has no stdin")?;
+        stdin.write_all(message.as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Sends `message` (lines) to the lock's session and returns its one-line answer (empty when
     /// the session has ended).
     fn ask(&mut self, message: &str) -> Result<String> {
-        {
-            let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
-            let stdin = guard.as_mut().context("the lock session has no stdin")?;
-            stdin.write_all([message, "\n"].concat().as_bytes())?;
-            stdin.flush()?;
-        }
+        self.send(&[message, "\n"].concat())?;
         let mut line = String::new();
         self.out.read_line(&mut line)?;
         Ok(line.trim().to_string())
     }
+}
+
+/// How a switch started from the lock's session went, as far as the session saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Detached {
+    /// The script ended and left this result (`none` when it left none).
+    Ended(String),
+    /// The connection ended while the script ran (it goes on on the server): its pid, and how
+    /// many lines of its log were seen.
+    Lost { pid: String, seen: usize },
 }
 
 impl Lock {
@@ -175,19 +189,54 @@ impl Lock {
         Ok(())
     }
 
+    /// Writes `content` to `path` (relative to the deploy directory) through the lock's own
+    /// session: no connection of its own. Text only; a last line without its newline gets one.
+    pub fn write(&mut self, plan: &Plan, path: &str, content: &str) -> Result<()> {
+        let content = if content.is_empty() || content.ends_with('\n') {
+            content.to_string()
+        } else {
+            [content, "\n"].concat()
+        };
+        let lines = content.lines().count();
+        plan.note(&format!("in the lock's session: write {path} ({lines} lines)"));
+        if path.contains(char::is_whitespace) || path.is_empty() {
+            bail!("cannot write {path:?} through the lock's session: the path is empty or holds white space");
+        }
+        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        session.send(&format!("write {path} {lines}\n{content}"))?;
+        let mut line = String::new();
+        session.out.read_line(&mut line).unwrap_or(0);
+        if line.trim() != format!("wrote {path}") {
+            // The lock lost says so; otherwise the server's answer.
+            self.ensure_held()?;
+            bail!("the server did not write {path} (it answered {:?}); nothing was switched", line.trim());
+        }
+        Ok(())
+    }
+
     /// Starts the uploaded switch script with `args` from the lock's own session, detached
     /// (`setsid nohup`, output to the switch log): it inherits the locked file descriptor, so the
     /// lock is held until the script has finished, even if this process or its connection dies.
-    /// Returns its pid.
-    pub fn detach(&mut self, plan: &Plan, args: &[String]) -> Result<String> {
+    /// Then calls `each_line` with every line of the script's log as it comes (and when it came),
+    /// and returns the script's result — or, when the connection ended first, its pid and how many
+    /// lines were seen, for the caller to follow it over a new connection.
+    pub fn detach(
+        &mut self,
+        plan: &Plan,
+        args: &[String],
+        mut each_line: impl FnMut(&str, Instant),
+    ) -> Result<Detached> {
         let started = Cmd::of("setsid nohup sh").arg(SWITCH_SCRIPT).args(args);
         plan.note(&format!(
-            "in the lock's session: {started} >> {SWITCH_LOG} 2>&1 < /dev/null & (detached from this connection; \
-             it inherits the lock)"
+            "in the lock's session: rm -f {SWITCH_RESULT} {SWITCH_BOT_LOGS}; {started} >> {SWITCH_LOG} 2>&1 < /dev/null & \
+             (detached from this connection; it inherits the lock)"
+        ));
+        plan.note(&format!(
+            "in the lock's session: tail -n +1 -s 0.1 --pid=<pid> -f {SWITCH_LOG}; cat {SWITCH_RESULT} (its outcome)"
         ));
         self.ensure_held()?;
         let Some(session) = self.session.as_mut() else {
-            return Ok("<pid>".into());
+            return Ok(Detached::Ended("healthy".into()));
         };
         // lock.sh's protocol: `detach`, the arguments one a line, an empty line.
         let mut message = String::from("detach\n");
@@ -200,14 +249,26 @@ impl Lock {
         }
         // (`ask` ends the message with the empty line.)
         let line = session.ask(&message)?;
-        let pid = line.trim().strip_prefix("started ").unwrap_or("").to_string();
+        let pid = line.strip_prefix("started ").unwrap_or("").to_string();
         if pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
-            bail!(
-                "the server did not start the switch script (it answered {:?}); nothing was switched",
-                line.trim()
-            );
+            bail!("the server did not start the switch script (it answered {line:?}); nothing was switched");
         }
-        Ok(pid)
+        let mut seen = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            // A read error is a connection lost as much as the end of the output is.
+            if session.out.read_line(&mut line).unwrap_or(0) == 0 {
+                return Ok(Detached::Lost { pid, seen });
+            }
+            let text = line.strip_suffix('\n').unwrap_or(&line);
+            if let Some(log) = text.strip_prefix("log ") {
+                seen += 1;
+                each_line(log, Instant::now());
+            } else if let Some(result) = text.strip_prefix("result ") {
+                return Ok(Detached::Ended(result.trim().to_string()));
+            }
+        }
     }
 }
 
@@ -232,7 +293,7 @@ mod tests {
         time::{Duration, Instant},
     };
 
-    use super::LOCK_SH;
+    use super::*;
 
     #[test]
     fn the_lock_session_lives_while_the_client_beats_and_ends_once_it_falls_silent() {
@@ -272,5 +333,43 @@ mod tests {
         assert!(silent.elapsed() >= Duration::from_millis(600), "it ended before the silence bound");
         let holder = std::fs::read_to_string(dir.path().join(".lock.holder")).unwrap();
         assert!(holder.starts_with("ann deploy abc1234 since "), "{holder}");
+    }
+
+    #[test]
+    fn the_lock_session_writes_files_and_streams_the_switch_log_then_its_result() {
+        let sh = xshell::Shell::new().unwrap();
+        let temp = sh.create_temp_dir().unwrap();
+        let dir = temp.path();
+        let mut child = Command::new("sh")
+            .args(["-c", LOCK_SH, "lock.sh", "ann@laptop deploy 1234567", "30"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "locked\n");
+        let stdin = child.stdin.take().unwrap();
+        let mut lock = Lock { session: Some(Session::beating(child, stdin, out)) };
+        let plan = Plan::new(&sh, false);
+        let compose = "services:\n  bot:\n    image: \"x\\\\y\"  # a comment\n\n  last: {}\n\n";
+        lock.write(&plan, "releases/abc1234/base.yml", compose).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("releases/abc1234/base.yml")).unwrap(), compose);
+        lock.write(&plan, "empty", "").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("empty")).unwrap(), "");
+        let script = "echo \"first $1\"\necho 'lattice step: switch new is a ready standby'\necho healthy > .switch.result\n";
+        lock.write(&plan, SWITCH_SCRIPT, script).unwrap();
+        let mut lines = Vec::new();
+        let result =
+            lock.detach(&plan, &["one".into(), "two".into()], |l, _| lines.push(l.to_string())).unwrap();
+        assert_eq!(result, Detached::Ended("healthy".into()));
+        assert_eq!(lines, ["first one", "lattice step: switch new is a ready standby"]);
+        // The session still answers after the switch, the heartbeats sent meanwhile read.
+        lock.ensure_held().unwrap();
+        let holder = std::fs::read_to_string(dir.join(LOCK_HOLDER)).unwrap();
+        assert!(holder.starts_with("ann@laptop deploy 1234567 since "), "{holder}");
+        drop(lock);
     }
 }

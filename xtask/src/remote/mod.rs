@@ -28,14 +28,14 @@ pub use self::{
         escaped, printable, Layout, Sha, HISTORY, LOCK, LOCK_HOLDER, SWITCH_BOT_LOGS, SWITCH_INTENT,
         SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
     },
-    lock::Lock,
+    lock::{Detached, Lock},
     switch::{pause_at, running_bots, Switch, SwitchBack},
 };
 use crate::{
-    env::{parse_dotenv, required_app_vars, Env, APP_VARS, SSH_VARS},
+    env::{parse_dotenv, required_app_vars, Env, SSH_VARS},
     plan::{Cmd, Line, Plan},
     project::Project,
-    temp,
+    registry, temp,
 };
 
 /// What `require_app_env` reads of the server's `.env`: the names set, and `LLM_PROVIDER`'s value.
@@ -285,7 +285,12 @@ impl<'p, 'a> Server<'p, 'a> {
     /// status 255): the dead master's socket is removed, and the key written again just for the
     /// connect.
     pub fn reconnect(&self) -> Result<()> {
-        self.plan.note("the connection to the server dropped: connect again");
+        let said = "the connection to the server dropped: connect again";
+        self.plan.note(said);
+        if !self.plan.is_verbose() && !self.plan.is_dry_run() {
+            // Said even when commands are not: the run takes longer, and why.
+            eprintln!("{said}");
+        }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_file(dir.path().join("cm"));
         }
@@ -301,10 +306,9 @@ impl<'p, 'a> Server<'p, 'a> {
         self.plan.run(self.ssh(&self.in_root(step.into())))
     }
 
-    /// Runs a step in the deploy directory with `input` on its stdin: how secrets and files
-    /// travel. The input is never printed.
-    pub fn run_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<()> {
-        self.plan.run(self.ssh(&self.in_root(step.into())).stdin(input))
+    /// Runs a step in the deploy directory, its output shown as it comes, verbose or not.
+    pub fn run_shown(&self, step: impl Into<Line>) -> Result<()> {
+        self.plan.run_shown(self.ssh(&self.in_root(step.into())))
     }
 
     /// Runs a step in the ssh user's home (it may come before the deploy directory exists) with
@@ -316,6 +320,12 @@ impl<'p, 'a> Server<'p, 'a> {
     /// Runs a step in the deploy directory and returns its stdout.
     pub fn read(&self, step: impl Into<Line>) -> Result<String> {
         self.plan.read(self.ssh(&self.in_root(step.into())))
+    }
+
+    /// Runs a step in the deploy directory with `input` on its stdin (never printed) and returns
+    /// its stdout.
+    pub fn read_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<String> {
+        self.plan.read(self.ssh(&self.in_root(step.into())).stdin(input))
     }
 
     /// Runs a step in the ssh user's home and returns its stdout.
@@ -348,22 +358,118 @@ impl<'p, 'a> Server<'p, 'a> {
         history::parse_checked(&text)
     }
 
-    /// The release directories on the server, by sha; a directory not named by a sha is refused.
-    pub fn releases(&self) -> Result<Vec<String>> {
-        let listed = self.read(Cmd::of("ls -1 releases").without_errors().or(Cmd::of("true")))?;
+    /// `current`, the release directories and the history in one round trip (see
+    /// [`Server::current`] and [`Server::history`]).
+    pub fn state(&self) -> Result<State> {
+        const SEPARATOR: &str = "--- lattice ---";
+        let out = self.read(
+            Cmd::of("readlink current")
+                .without_errors()
+                .or(Cmd::of("true"))
+                .then(Cmd::of("echo").arg(SEPARATOR))
+                .then(Cmd::of("ls -1 releases").without_errors().or(Cmd::of("true")))
+                .then(Cmd::of("echo").arg(SEPARATOR))
+                .then(Cmd::of("cat").arg(HISTORY).without_errors().or(Cmd::of("true"))),
+        )?;
         if self.plan.is_dry_run() {
-            return Ok(Vec::new());
+            return Ok(State {
+                current: Some("<current sha>".into()),
+                releases: Vec::new(),
+                history: Vec::new(),
+            });
         }
-        release_names(&listed)
+        let mut parts = [String::new(), String::new(), String::new()];
+        let mut at = 0;
+        for line in out.lines() {
+            if line == SEPARATOR && at < 2 {
+                at += 1;
+            } else {
+                parts[at].push_str(line);
+                parts[at].push('\n');
+            }
+        }
+        if at < 2 {
+            bail!("the server's answer about its releases is cut short: {}", layout::printable(&out));
+        }
+        let [current, releases, history] = &parts;
+        Ok(State {
+            current: current_release(current)?,
+            releases: release_names(releases)?,
+            history: history::parse_checked(history)?,
+        })
+    }
+
+    /// Pulls a release's image unless the server has it, in one round trip; from a private
+    /// registry with the deploy's login (the password on stdin) through a Docker config of this
+    /// pull alone (pull.sh). Says which it was.
+    pub fn pull(&self, env: &Env, sha: &str) -> Result<String> {
+        let image = self.layout.image(sha);
+        let present = "on the server already";
+        let have = Cmd::of("docker image inspect").arg(&image).silent().and(Cmd::of("echo").arg(present));
+        let (step, password) = match (env.get("REGISTRY_USER"), env.get("REGISTRY_PASSWORD")) {
+            (Some(user), Some(password)) => (
+                have.or(Cmd::script("pull.sh", PULL_SH)
+                    .arg(registry::host(&self.layout.settings.image))
+                    .arg(user)
+                    .arg(&image)),
+                password.as_bytes().to_vec(),
+            ),
+            _ => (
+                have.or(self.layout.compose(sha, &["pull", "--policy", "missing", "--quiet", "bot"])),
+                Vec::new(),
+            ),
+        };
+        let out = self.read_with_input(step, password)?;
+        Ok(if out.trim() == present { format!("{image} {present}") } else { format!("pulled {image}") })
+    }
+
+    /// The schema facts of a rollback from the image of `current` to that of `target`, in one
+    /// round trip: the target image's label `head_label`, the current image's label
+    /// `compatible_label`, and the applied migrations (`None` when they cannot be read).
+    pub fn schema(
+        &self,
+        target: &str,
+        head_label: &str,
+        current: &str,
+        compatible_label: &str,
+    ) -> Result<Schema> {
+        let script = Cmd::script("schema.sh", SCHEMA_SH)
+            .arg(self.layout.image(target))
+            .arg(head_label)
+            .arg(self.layout.image(current))
+            .arg(compatible_label)
+            .arg(&self.layout.settings.compose_project);
+        let out = self.read(script)?;
+        let mut parts = out.split("--- lattice ---\n").skip(1).map(|p| p.trim().to_string());
+        let (head, compatible, applied) =
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next());
+        let applied = applied.filter(|a| !a.ends_with("psql failed") && !self.plan.is_dry_run());
+        Ok(Schema { head, compatible, applied })
     }
 
     /// Refuses to go on when the server lacks Compose v2 or its `.env` lacks an app variable
-    /// (checked by name; values never leave the server).
+    /// (checked by name; values never leave the server). One round trip.
     pub fn require_app_env(&self) -> Result<()> {
-        let compose = self.read_at_home(
-            Cmd::of("docker compose version --short").without_errors().or(Cmd::of("echo none")),
+        let env = self.layout.path(".env");
+        let names = r"s/^\(export \)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=..*$/\2/p";
+        let provider = r"s/^\(export \)\{0,1\}LLM_PROVIDER=/LLM_PROVIDER=/p";
+        let out = self.read_at_home(
+            Cmd::of("docker compose version --short").without_errors().or(Cmd::of("echo none")).then(
+                Cmd::of("test -f")
+                    .arg(&env)
+                    .and(Cmd::of("echo has-env"))
+                    .and(Cmd::of("sed -n").arg(names).arg(&env))
+                    .and(Cmd::of("echo provider:"))
+                    .and(Cmd::of("sed -n").arg(provider).arg(&env))
+                    .or(Cmd::of("true")),
+            ),
         )?;
-        if compose.trim() == "none" || compose.trim().starts_with('1') {
+        if self.plan.is_dry_run() {
+            return Ok(());
+        }
+        let mut lines = out.lines();
+        let compose = lines.next().unwrap_or("none").trim();
+        if compose == "none" || compose.starts_with('1') {
             bail!(
                 "the server has no Docker Compose v2 for user {}: install it there (`apt-get install \
                  docker-compose-plugin` from Docker's apt repository) and make sure the user is in the `docker` group",
@@ -371,7 +477,7 @@ impl<'p, 'a> Server<'p, 'a> {
             );
         }
         let hint = "write it with `cargo xtask secrets` (from your environment or CI secrets)";
-        match self.env_names()? {
+        match ServerEnv::parse(&lines.collect::<Vec<_>>().join("\n")) {
             None => bail!("the server has no {}/.env: {hint}", self.layout.root),
             Some(ServerEnv { names, provider }) => {
                 let missing: Vec<&str> = required_app_vars(provider.as_deref())
@@ -386,30 +492,6 @@ impl<'p, 'a> Server<'p, 'a> {
         Ok(())
     }
 
-    /// Names (never values) of the variables set in the server's `.env`, and its `LLM_PROVIDER`
-    /// (not a secret: it decides whether `OPENROUTER_API_KEY` is needed); `None` when it has none.
-    fn env_names(&self) -> Result<Option<ServerEnv>> {
-        let env = self.layout.path(".env");
-        let names = r"s/^\(export \)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=..*$/\2/p";
-        let provider = r"s/^\(export \)\{0,1\}LLM_PROVIDER=/LLM_PROVIDER=/p";
-        let out = self.read_at_home(
-            Cmd::of("test -f")
-                .arg(&env)
-                .and(Cmd::of("echo has-env"))
-                .and(Cmd::of("sed -n").arg(names).arg(&env))
-                .and(Cmd::of("echo provider:"))
-                .and(Cmd::of("sed -n").arg(provider).arg(&env))
-                .or(Cmd::of("true")),
-        )?;
-        if self.plan.is_dry_run() {
-            return Ok(Some(ServerEnv {
-                names: APP_VARS.iter().map(|s| s.to_string()).collect(),
-                provider: None,
-            }));
-        }
-        Ok(ServerEnv::parse(&out))
-    }
-
     /// Writes the app's `.env` from `content` (sent on stdin, never printed): names already set
     /// keep their values unless `overwrite`.
     pub fn write_env(&self, content: &str, overwrite: bool) -> Result<()> {
@@ -417,6 +499,21 @@ impl<'p, 'a> Server<'p, 'a> {
         let script = Cmd::script("write_env.sh", WRITE_ENV_SH).arg(&self.layout.root).arg(mode);
         self.run_at_home_with_input(script, content)
     }
+}
+
+/// A rollback's schema facts, as read back by [`Server::schema`]: label values and the applied
+/// migrations' versions as text.
+pub struct Schema {
+    pub head: String,
+    pub compatible: String,
+    pub applied: Option<String>,
+}
+
+/// What the server runs and keeps, as read back by [`Server::state`].
+pub struct State {
+    pub current: Option<String>,
+    pub releases: Vec<String>,
+    pub history: Vec<HistoryLine>,
 }
 
 /// The release a `readlink current` output names: `None` when there is no link yet.
@@ -440,6 +537,11 @@ fn release_names(listed: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// Pulls with registry credentials that live only for the pull (see the script's header).
+const PULL_SH: &str = include_str!("pull.sh");
+/// A rollback's schema facts (see the script's header).
+const SCHEMA_SH: &str = include_str!("schema.sh");
+
 /// Writes the server's `.env` (see the script's header).
 pub const WRITE_ENV_SH: &str = include_str!("write_env.sh");
 /// Cleans up after the connection once the xtask has ended (see the script's header).
@@ -448,7 +550,11 @@ const WATCHDOG_SH: &str = include_str!("watchdog.sh");
 /// Whether a remote step failed in ssh itself rather than in the command: OpenSSH exits with 255
 /// when the connection could not be made or dropped (xshell's error ends with the status).
 pub fn connection_lost(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.to_string().ends_with("`: 255"))
+    err.chain().any(|e| {
+        let text = e.to_string();
+        // xshell's error, or a quiet step's (plan.rs).
+        text.ends_with("`: 255") || text.starts_with("step failed (exit status: 255)")
+    })
 }
 
 impl Drop for Server<'_, '_> {

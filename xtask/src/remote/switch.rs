@@ -10,14 +10,19 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::{
     connection_lost,
     history::{Action, Outcome},
-    schema, Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT, SWITCH_SCRIPT,
+    schema, Detached, Layout, Lock, Server, HISTORY, SWITCH_BOT_LOGS, SWITCH_LOG, SWITCH_RESULT,
+    SWITCH_SCRIPT,
 };
-use crate::{env::Env, notify::SwitchedBack, plan::Cmd};
+use crate::{
+    env::Env,
+    notify::SwitchedBack,
+    plan::{Cmd, Steps},
+};
 
 /// The switch script (see its header).
 const SWITCH_SH: &str = include_str!("switch.sh");
@@ -141,9 +146,10 @@ impl Switch {
     }
 
     /// Uploads the switch script, starts it from the lock's session and follows its log until it
-    /// ends. Unhealthy: fails with the outcome of the switch back and the new container's last log
-    /// lines.
-    pub fn run(&self, server: &Server, lock: &mut Lock) -> Result<()> {
+    /// ends, a step line each time it reports one (`lattice step: NAME`; every line under
+    /// `--verbose`). Unhealthy: fails with the outcome of the switch back and the new container's
+    /// last log lines.
+    pub fn run(&self, server: &Server, lock: &mut Lock, steps: &mut Steps) -> Result<()> {
         let plan = server.plan();
         let layout = &server.layout;
         let (sha, timeout) = (&self.sha, self.timeout_secs);
@@ -152,34 +158,54 @@ impl Switch {
             "switch current to {sha} and hand the bot over to it, waiting up to {timeout} s per step: {SWITCH_SCRIPT} (switch.sh) runs\n{}",
             self.story(layout)
         ));
-        server.run_with_input(
-            Cmd::of("cat")
-                .write_to(&[SWITCH_SCRIPT, ".new"].concat())
-                .and(Cmd::of("mv").arg([SWITCH_SCRIPT, ".new"].concat()).arg(SWITCH_SCRIPT))
-                .and(Cmd::of("rm -f").args([SWITCH_RESULT, SWITCH_BOT_LOGS])),
-            SWITCH_SH,
-        )?;
-        let pid = lock.detach(plan, &args)?;
-        // Follows the script's output until it exits; a dead connection here does not stop it, and
-        // the client connects again to wait for its end and read its result.
-        let follow = || Cmd::of("tail -n +1").arg(["--pid=", &pid].concat()).args(["-f", SWITCH_LOG]);
-        let mut attempts = 0;
-        while let Err(err) = server.run(follow()) {
-            attempts += 1;
-            if !connection_lost(&err) || attempts > 3 {
-                return Err(err);
+        lock.write(plan, SWITCH_SCRIPT, SWITCH_SH)?;
+        let verbose = plan.is_verbose();
+        let mut each_line = |line: &str, at: Instant| match line.strip_prefix(STEP_MARKER) {
+            Some(step) => {
+                let (name, detail) = step.split_once(' ').unwrap_or((step, ""));
+                steps.done_at(name, detail, at)
             }
-            server.reconnect().context(
-                "the connection dropped while following the switch, which goes on on the server, and connecting \
-                 again failed: `cargo xtask status` shows how it ended",
-            )?;
-        }
-        let result =
-            server.read(Cmd::of("cat").arg(SWITCH_RESULT).without_errors().or(Cmd::of("echo none")))?;
+            // The test hook's marker is shown as it comes (see pause_at).
+            None if verbose || line.starts_with("lattice test pause: ") => eprintln!("{line}"),
+            None => {}
+        };
+        let result = match lock.detach(plan, &args, &mut each_line)? {
+            Detached::Ended(result) => result,
+            Detached::Lost { pid, seen } => {
+                // A dead connection does not stop the script: the client connects again, follows
+                // its log to its end (the lines not seen yet) and reads its result.
+                let follow = || {
+                    Cmd::of("tail -n +1")
+                        .arg(["--pid=", &pid].concat())
+                        .args(["-f", SWITCH_LOG])
+                        .then(Cmd::of("echo").arg(RESULT_MARKER))
+                        .then(Cmd::of("cat").arg(SWITCH_RESULT).without_errors().or(Cmd::of("echo none")))
+                };
+                let mut attempts = 0;
+                let out = loop {
+                    let err = match server.reconnect().and_then(|()| server.read(follow())) {
+                        Ok(out) => break out,
+                        Err(err) => err,
+                    };
+                    attempts += 1;
+                    if !connection_lost(&err) || attempts > 3 {
+                        return Err(err.context(
+                            "the connection dropped while following the switch, which goes on on the server, and \
+                             connecting again failed: `cargo xtask status` shows how it ended",
+                        ));
+                    }
+                };
+                let (log, result) = out.rsplit_once(RESULT_MARKER).unwrap_or((&out, "none"));
+                for line in log.lines().skip(seen) {
+                    each_line(line, Instant::now());
+                }
+                result.trim().to_string()
+            }
+        };
         if plan.is_dry_run() {
             return Ok(());
         }
-        let back = match (result.trim(), self.previous.as_deref()) {
+        let back = match (result.as_str(), self.previous.as_deref()) {
             ("healthy", _) => return Ok(()),
             ("back-ok", Some(previous)) => {
                 Some((previous, true, format!("switched back to {previous}, which serves again")))
@@ -235,6 +261,11 @@ impl Switch {
     }
 }
 
+/// How the switch script reports the end of a step in its log: `lattice step: NAME [DETAIL]`.
+const STEP_MARKER: &str = "lattice step: ";
+/// Between the switch's log and its result when they are read over a new connection.
+const RESULT_MARKER: &str = "--- lattice result ---";
+
 /// The project's running bot containers, as the switch script finds them (`bots` there): by
 /// Compose's labels, one-off `run` containers left out.
 pub fn running_bots(layout: &Layout) -> Cmd {
@@ -287,15 +318,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::remote::SWITCH_INTENT;
-    use crate::{remote::history, settings::Settings};
+    use crate::{
+        remote::{history, SWITCH_INTENT, SWITCH_RESULT},
+        settings::Settings,
+    };
 
     /// A `docker` for the switch script, with containers: FAKE_DOCKER_STATE holds one line per bot
     /// container, `id release running|stopped`; `up` adds one of its release, `stop`, `start` and
     /// `rm` change them. A container becomes a standby when its release is in FAKE_DOCKER_STANDBY
-    /// and leads when it is in FAKE_DOCKER_LEADS. Every call is logged to FAKE_DOCKER_CALLS.
+    /// and leads when it is in FAKE_DOCKER_LEADS, once no other bot runs. Every call is logged to
+    /// FAKE_DOCKER_CALLS (a leader wait once it answers).
     const FAKE_DOCKER: &str = r#"#!/bin/sh
-echo "$*" >>"$FAKE_DOCKER_CALLS"
+case "$*" in
+"exec "*"--wait leader"*) ;;
+*) echo "$*" >>"$FAKE_DOCKER_CALLS" ;;
+esac
 state=$FAKE_DOCKER_STATE
 touch "$state"
 release() { sed -n "s/^$1 \([^ ]*\) .*/\1/p" "$state"; }
@@ -309,6 +346,17 @@ compose)
 	;;
 exec)
 	rel=$(release "$2")
+	case "$*" in *"--wait leader"*)
+		# As a real standby, it can lead only once no other bot runs (waited for 2 s at most):
+		# the switch stops the old one in the background.
+		i=0
+		while [ "$i" -lt 40 ] && grep -v "^$2 " "$state" | grep -q " running$"; do
+			sleep 0.05
+			i=$((i + 1))
+		done
+		echo "$*" >>"$FAKE_DOCKER_CALLS"
+		;;
+	esac
 	case "$*" in *"--wait standby"*) list=$FAKE_DOCKER_STANDBY ;; *) list=$FAKE_DOCKER_LEADS ;; esac
 	grep -q "^$2 .* running$" "$state" || exit 1
 	for sha in $list; do [ "$sha" = "$rel" ] && exit 0; done

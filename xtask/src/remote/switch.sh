@@ -54,6 +54,11 @@ result() {
 	rm -f .switch.intent
 }
 
+# The end of a step, for the client's one line per step: `lattice step: NAME DETAIL`.
+step() {
+	echo "lattice step: $*"
+}
+
 pause() {
 	if [ "$pause" = "$1" ]; then
 		echo "lattice test pause: $1"
@@ -118,17 +123,27 @@ handover() {
 			return 1
 		fi
 	fi
+	step switch "$new is a ready standby"
+	stopping=
 	if [ -n "$old" ]; then
 		echo "stop the old bot: it hands over to $new"
+		# In the background: the new one takes over as soon as the old one has let go of the
+		# leader lock, which is before the old container has finished stopping.
 		# shellcheck disable=SC2086 # one word per id
-		docker stop $old >/dev/null
+		docker stop $old >/dev/null &
+		stopping=$!
 	fi
 	if wait_for "$new" leader; then
-		if [ -n "$old" ]; then
+		step healthy "$new leads"
+		if [ -n "$stopping" ]; then
+			wait "$stopping" || true
 			# shellcheck disable=SC2086 # one word per id
 			docker rm $old >/dev/null
 		fi
 		return 0
+	fi
+	if [ -n "$stopping" ]; then
+		wait "$stopping" || true
 	fi
 	docker logs --tail 40 "$new" >.switch.bot-logs 2>&1 || true
 	# Stopped first, so whatever it took (lock, session) is handed back as the old one's would be.
