@@ -2,7 +2,7 @@
 //!     cargo xtask bench — measure and print the figures Lattice is judged by
 //!
 //! SYNOPSIS
-//!     cargo xtask bench [--only GROUP]... [--out FILE]
+//!     cargo xtask bench [--only GROUP]... [--out FILE] [--rounds N]
 //!
 //! DESCRIPTION
 //!     Runs each group of measurements on this machine (Docker and a local Postgres container, no
@@ -22,7 +22,13 @@
 //!     handover  leader lock handover (SIGTERM or SIGKILL the leader, the standby resumes the session)
 //!               vs. the naive restarts: gaps, lost, answered twice, most live gateway sessions
 //!               next to the naive flows (kill + start, stop + start): gap and events lost
-//!     deploy    reserved: deploy and rollback timings against the local registry and sshd
+//!     deploy    on a local server (sshd + registry on loopback, as the deploy end-to-end test
+//!               builds it): `cargo xtask deploy` and `rollback` beside the original flow (pull,
+//!               `compose run --rm` migrate, `up -d`, health polled every 5 s), same images A and
+//!               B, interleaved `--rounds`, a 20 msg/s stream through the Discord stand-in:
+//!               medians and ratios of start->serving, start->exit, no serving bot, gateway gap,
+//!               lost and twice-answered messages, server CPU-seconds and bytes pulled; the runs
+//!               as JSON in target/bench-deploy.json (see bench/deploy.rs for how each is measured)
 //!
 //!     Timings live here and never in tests. Every group removes what it started (containers,
 //!     processes, temporary directories) also when it fails; a failed group is reported in the
@@ -30,6 +36,7 @@
 
 mod bot;
 mod compile;
+mod deploy;
 mod dev;
 mod http;
 mod image;
@@ -65,16 +72,7 @@ impl flags::Bench {
                 "dev" => dev::run(plan, project, &mut report),
                 "memory" => bot::memory(plan, project, &mut report),
                 "handover" => bot::handover(plan, project, &mut report),
-                "deploy" => {
-                    report.text(
-                        "deploy",
-                        "deploy_and_rollback",
-                        "not measured yet",
-                        "to come next to the end-to-end deploy test (local registry + sshd): deploy, rollback, \
-                         server CPU-seconds, against the naive pull/migrate/up -d/poll flow",
-                    );
-                    Ok(())
-                }
+                "deploy" => deploy::run(plan, project, &mut report, self.rounds),
                 other => bail!("unknown bench group {other}"),
             };
             if let Err(err) = result {

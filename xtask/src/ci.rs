@@ -175,7 +175,7 @@ pub fn validate_overlays(plan: &Plan, project: &Project) -> Result<()> {
 /// The CI scripts and the scripts the xtask runs on the server.
 fn shell_scripts(project: &Project) -> Result<Vec<String>> {
     let mut scripts = Vec::new();
-    for dir in [".ci", "xtask/src/remote"] {
+    for dir in [".ci", "xtask/src/remote", "xtask/src/bench"] {
         for entry in std::fs::read_dir(project.root.join(dir))? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();

@@ -43,7 +43,7 @@ const PACE: Duration = Duration::from_millis(100);
 /// How long anything may take to come up (two busy cores).
 const START_DEADLINE: Duration = Duration::from_secs(90);
 /// How long after the last message its reply may still come.
-const REPLY_DEADLINE: Duration = Duration::from_secs(30);
+pub(super) const REPLY_DEADLINE: Duration = Duration::from_secs(30);
 /// The flood: this many messages from one user, as fast as the control API takes them, while
 /// a few others talk.
 const FLOOD_MESSAGES: usize = 500;
@@ -397,7 +397,7 @@ fn switch_over(
     };
 
     let watch = ReplyWatch::start(&discord.addr);
-    let sender = Sender::start(&discord.addr);
+    let sender = Sender::start(&discord.addr, PACE);
     std::thread::sleep(Duration::from_secs(3));
     let before = discord.counts()?;
     let pid = old.process.pid().to_string();
@@ -476,7 +476,7 @@ fn session_kind(before: (u64, u64), after: (u64, u64)) -> &'static str {
 }
 
 /// The longest interval between consecutive instants (sorted here).
-fn longest_gap(instants: &[Instant]) -> Duration {
+pub(super) fn longest_gap(instants: &[Instant]) -> Duration {
     let mut sorted = instants.to_vec();
     sorted.sort();
     sorted.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
@@ -802,14 +802,14 @@ impl BotProcess {
     }
 }
 
-/// Messages every [`PACE`] from a thread until stopped (at most 10 minutes' worth).
-struct Sender {
+/// Messages every `pace` from a thread until stopped (at most 6000 of them).
+pub(super) struct Sender {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<String>>>,
 }
 
 impl Sender {
-    fn start(addr: &str) -> Sender {
+    pub(super) fn start(addr: &str, pace: Duration) -> Sender {
         let stop = Arc::new(AtomicBool::new(false));
         let addr = addr.to_string();
         let flag = stop.clone();
@@ -820,7 +820,7 @@ impl Sender {
                 if flag.load(Ordering::SeqCst) {
                     break;
                 }
-                sleep_until(start + PACE * i);
+                sleep_until(start + pace * i);
                 match say(&addr, &format!("handover message {i}")) {
                     Ok((id, _)) => sent.push(id),
                     Err(e) => eprintln!("  sending message {i} failed: {e:#}"),
@@ -831,7 +831,7 @@ impl Sender {
         Sender { stop, thread: Some(thread) }
     }
 
-    fn stop(mut self) -> Vec<String> {
+    pub(super) fn stop(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
@@ -847,11 +847,11 @@ impl Drop for Sender {
 /// The bot's replies as the stand-in records them, with when this side saw each (a long poll of
 /// `/control/posted`, so within milliseconds of the post).
 #[derive(Default, Clone)]
-struct Replies {
+pub(super) struct Replies {
     /// Message id → arrival of each reply to it.
-    by_message: HashMap<String, Vec<Instant>>,
+    pub(super) by_message: HashMap<String, Vec<Instant>>,
     /// Every reply's arrival.
-    arrivals: Vec<Instant>,
+    pub(super) arrivals: Vec<Instant>,
 }
 
 impl Replies {
@@ -866,14 +866,14 @@ impl Replies {
     }
 }
 
-struct ReplyWatch {
+pub(super) struct ReplyWatch {
     replies: Arc<Mutex<Replies>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ReplyWatch {
-    fn start(addr: &str) -> ReplyWatch {
+    pub(super) fn start(addr: &str) -> ReplyWatch {
         let replies = Arc::new(Mutex::new(Replies::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (shared, flag, addr) = (replies.clone(), stop.clone(), addr.to_string());
@@ -901,12 +901,12 @@ impl ReplyWatch {
         ReplyWatch { replies, stop, thread: Some(thread) }
     }
 
-    fn answered(&self, sent: &[String]) -> usize {
+    pub(super) fn answered(&self, sent: &[String]) -> usize {
         let r = self.replies.lock().expect("replies");
         sent.iter().filter(|id| r.by_message.contains_key(*id)).count()
     }
 
-    fn stop(mut self) -> Replies {
+    pub(super) fn stop(mut self) -> Replies {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
