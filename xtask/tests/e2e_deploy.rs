@@ -44,6 +44,10 @@ use std::{
 mod common;
 use common::{show, workspace};
 
+#[path = "e2e_deploy/stream.rs"]
+mod stream;
+use stream::e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_and_crashes;
+
 /// The sandbox's Discord stand-in container (`cargo xtask sandbox`).
 const STANDIN: &str = "lattice-sandbox-standin";
 
@@ -1678,6 +1682,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(e2e_a_killed_run_leaves_no_key_directory_or_connection),
     scenario!(e2e_an_unfinished_switch_is_reported_and_settled_by_the_next_deploy),
     scenario!(e2e_deploy_notifications_reach_the_webhook_and_never_block_a_deploy),
+    scenario!(e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_and_crashes),
     scenario!(e2e_no_secret_in_the_output_the_logs_or_the_servers_files),
 ];
 

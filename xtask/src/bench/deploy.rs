@@ -428,7 +428,9 @@ impl<'p, 'a> Images<'p, 'a> {
         };
         let a = push()?;
         let main_rs = clone.join("bot/src/main.rs");
-        plan.note("B: a commit adding a static to bot/src/main.rs (a code change), built and pushed the same way");
+        plan.note(
+            "B: a commit adding a static to bot/src/main.rs (a code change), built and pushed the same way",
+        );
         if plan.is_dry_run() {
             return Ok(None);
         }
