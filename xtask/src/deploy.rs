@@ -7,7 +7,8 @@
 //! DESCRIPTION
 //!     Preflight, locally and without touching the server: the sha names a commit, its image is in
 //!     the registry, that commit's compose overlays are valid, the SSH settings are complete. Every
-//!     problem is listed at once. Then, over one SSH connection: check the server's `.env` has every
+//!     problem is listed at once (the SSH connection opens meanwhile: it changes nothing on the
+//!     server). Then, over that one connection: check the server's `.env` has every
 //!     app variable (names only), take the lock, refuse a commit that is an ancestor of the running
 //!     release (deploys go forward; `rollback` goes back, or `--allow-older`), upload the release's
 //!     own compose files (through the lock's own session), pull unless the server has the image
@@ -54,7 +55,7 @@ use crate::{
     registry,
     remote::{
         connection_lost, history, pause_at,
-        schema::{self, blocking_migrations, versions, LABEL_COMPATIBLE},
+        schema::{self, blocking_migrations, versions, LABEL_COMPATIBLE, LABEL_HEAD},
         who, Action, Server, Sha, State, Switch, SwitchBack,
     },
 };
@@ -78,19 +79,41 @@ impl ReleaseFiles {
     }
 }
 
-/// Everything checked before the server is touched; every problem is collected, and the server
-/// is opened only when there is none.
+/// Everything checked before the server is touched; every problem is collected, and nothing is
+/// done on the server unless there is none. The connection opens while the checks run.
 fn preflight<'p, 'a>(
     plan: &'p Plan<'a>,
     project: &Project,
     sha: &str,
     steps: &mut Steps,
 ) -> Result<(Server<'p, 'a>, Option<ReleaseFiles>)> {
-    plan.note("preflight: nothing on the server changes until every check passes");
-    let mut problems = Vec::new();
+    plan.note(
+        "preflight: nothing on the server changes until every check passes (the connection opens meanwhile, \
+         which changes nothing there)",
+    );
+    let mut files = None;
+    let server = Server::open_beside(plan, project, || {
+        let mut problems = Vec::new();
+        files = local_checks(plan, project, sha, &mut problems)?;
+        if problems.is_empty() {
+            steps.done("preflight", "");
+        }
+        Ok(problems)
+    })?;
+    Ok((server, files))
+}
+
+/// The checks that need no server: the sha names a commit, its image is in the registry, its
+/// compose overlays are valid. Problems go to `problems`; the release's files when the sha is good.
+fn local_checks(
+    plan: &Plan,
+    project: &Project,
+    sha: &str,
+    problems: &mut Vec<String>,
+) -> Result<Option<ReleaseFiles>> {
     let sha = Sha::parse(sha).map_err(|e| problems.push(format!("{e:#}"))).ok();
     let files = match sha {
-        Some(sha) => release_files(plan, &sha, &mut problems)?,
+        Some(sha) => release_files(plan, &sha, problems)?,
         None => None,
     };
     if let Some(files) = &files {
@@ -134,11 +157,7 @@ fn preflight<'p, 'a>(
             ));
         }
     }
-    if problems.is_empty() {
-        steps.done("preflight", "");
-    }
-    let server = Server::open(plan, project, problems)?;
-    Ok((server, files))
+    Ok(files)
 }
 
 /// The commit's own `compose/base.yml` and `compose/prod.yml`: the files must match the sha, not
@@ -308,6 +327,19 @@ fn migrate(
 ) -> Result<(SwitchBack, String)> {
     let plan = server.plan();
     let layout = &server.layout;
+    let has_all = |head: Option<i64>, applied: &[i64]| {
+        head.is_some_and(|h| applied.last().is_some_and(|last| *last >= h))
+    };
+    // Every deploy but the first finds Postgres running: one round trip (docker alone, no Compose)
+    // then tells whether there is anything to migrate.
+    plan.note("the image's schema head and the database's migrations, when Postgres runs already");
+    let quick = server.schema(sha, LABEL_HEAD, sha, LABEL_COMPATIBLE)?;
+    let head = versions(&quick.head).first().copied();
+    if let Some(applied) = quick.applied.as_deref().map(versions) {
+        if has_all(head, &applied) {
+            return nothing_to_migrate(server, sha, head, pause);
+        }
+    }
     plan.note("Postgres up (as it runs, or started) to read which migrations the database has");
     server.run(layout.compose(sha, &["up", "--detach", "--no-recreate", "--wait", "postgres"]))?;
     let head = server.schema_head(sha)?;
@@ -315,20 +347,8 @@ fn migrate(
         "cannot read the database's applied migrations (psql's message is above): is Postgres healthy \
          (`cargo xtask status`, `cargo xtask logs --server`)?",
     )?;
-    let has_all = |applied: &[i64]| head.is_some_and(|h| applied.last().is_some_and(|last| *last >= h));
-    if has_all(&applied) && !plan.is_dry_run() {
-        plan.note(&format!(
-            "the database has every migration of {sha} (up to {}): no snapshot, no migration",
-            head.unwrap_or_default()
-        ));
-        if pause == Some("migrate") {
-            // The test hook still stops where the migration would have run (its marker seen as it
-            // comes).
-            server.run_shown(Cmd::of("echo").arg("lattice test pause: migrate").and(Cmd::of("sleep 5")))?;
-        }
-        let detail =
-            format!("skipped: the database has every migration (up to {})", head.unwrap_or_default());
-        return Ok((SwitchBack::default(), detail));
+    if has_all(head, &applied) && !plan.is_dry_run() {
+        return nothing_to_migrate(server, sha, head, pause);
     }
     let snapshot = if applied.is_empty() && !plan.is_dry_run() {
         plan.note("the database has no migrations yet: nothing to snapshot");
@@ -373,6 +393,25 @@ fn migrate(
     }
     let detail = migrated(&snapshot);
     Ok((SwitchBack { blocking, snapshot }, detail))
+}
+
+/// The database has every migration of `sha` (up to `head`): no snapshot, no migration.
+fn nothing_to_migrate(
+    server: &Server,
+    sha: &str,
+    head: Option<i64>,
+    pause: Option<&str>,
+) -> Result<(SwitchBack, String)> {
+    let head = head.unwrap_or_default();
+    server.plan().note(&format!(
+        "the database has every migration of {sha} (up to {head}): no snapshot, no migration"
+    ));
+    if pause == Some("migrate") {
+        // The test hook still stops where the migration would have run (its marker seen as it
+        // comes).
+        server.run_shown(Cmd::of("echo").arg("lattice test pause: migrate").and(Cmd::of("sleep 5")))?;
+    }
+    Ok((SwitchBack::default(), format!("skipped: the database has every migration (up to {head})")))
 }
 
 /// The migrate step's detail: the snapshot taken first, if any.
@@ -431,12 +470,12 @@ mod tests {
         let steps = plan.steps();
         let text = steps.join("\n");
         let order = [
+            "ssh -F '$TMP/config' lattice-server true",
             "git cat-file -e",
             "git show 0123456789abcdef0123456789abcdef01234567:compose/base.yml",
             "docker login --username bot --password-stdin ghcr.io",
             "docker manifest inspect ghcr.io/lattice-bot/lattice-bot:0123456789abcdef0123456789abcdef01234567",
             "config --quiet",
-            "ssh -F '$TMP/config' lattice-server true",
             ".env",
             "flock -n -E 75 .lock",
             "readlink current",

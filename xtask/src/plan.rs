@@ -207,6 +207,36 @@ impl<'a> Plan<'a> {
         Ok(Some(child))
     }
 
+    /// Starts a step that runs while the caller goes on, its output kept (as [`Plan::output`]
+    /// does, in files: a process it leaves behind, like an ssh master, cannot hold it up); `then`
+    /// runs as soon as the step has ended, whatever its outcome, in a thread of its own. A dry run
+    /// prints it and starts nothing.
+    pub fn beside(&self, cmd: Cmd, then: impl FnOnce() + Send + 'static) -> Result<Option<Beside>> {
+        let line = self.record(&cmd);
+        if self.dry_run {
+            return Ok(None);
+        }
+        let (mut stdout_file, mut stderr_file) = (unlinked_file()?, unlinked_file()?);
+        let mut child = std::process::Command::from(self.xshell(&cmd))
+            .stdin(Stdio::null())
+            .stdout(stdout_file.try_clone()?)
+            .stderr(stderr_file.try_clone()?)
+            .spawn()
+            .with_context(|| format!("could not start: {line}"))?;
+        let thread = std::thread::spawn(move || -> Result<Output> {
+            let status = child.wait();
+            then();
+            let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
+                let mut bytes = Vec::new();
+                file.rewind()?;
+                file.read_to_end(&mut bytes)?;
+                Ok(bytes)
+            };
+            Ok(Output { status: status?, stdout: read(&mut stdout_file)?, stderr: read(&mut stderr_file)? })
+        });
+        Ok(Some(Beside { thread, line }))
+    }
+
     /// Starts a step that outlives this process and is not waited for (a watchdog that cleans up
     /// after it, however it ends): in a process group of its own, so the Ctrl-C that stops the
     /// xtask does not reach it; no input or output. A dry run prints it and starts nothing.
@@ -366,6 +396,24 @@ impl<'a> Plan<'a> {
             .output()
             .with_context(|| format!("could not start: {line}"))?;
         Ok(output.status.success())
+    }
+}
+
+/// A step started with [`Plan::beside`].
+pub struct Beside {
+    thread: std::thread::JoinHandle<Result<Output>>,
+    line: String,
+}
+
+impl Beside {
+    /// Waits for the step's end. Fails on a non-zero exit, with what it printed.
+    pub fn wait(self) -> Result<()> {
+        let out = self.thread.join().map_err(|_| anyhow::anyhow!("waiting for: {}", self.line))??;
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = [String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)].concat();
+        anyhow::bail!("step failed ({}): {}\n{}", out.status, self.line, said.trim_end())
     }
 }
 

@@ -33,7 +33,7 @@ pub use self::{
 };
 use crate::{
     env::{parse_dotenv, required_app_vars, Env, SSH_VARS},
-    plan::{Cmd, Line, Plan},
+    plan::{Beside, Cmd, Line, Plan},
     project::Project,
     registry, temp,
 };
@@ -194,8 +194,42 @@ impl<'p, 'a> Server<'p, 'a> {
     /// the task found wrong before) and refuses with all of them at once, before the server is
     /// touched; a dry run prints them and goes on. Then opens the shared connection and proves the
     /// host is the pinned one.
-    pub fn open(plan: &'p Plan<'a>, project: &Project, mut problems: Vec<String>) -> Result<Server<'p, 'a>> {
-        let target = Target::from_env(&project.env, &mut problems);
+    pub fn open(plan: &'p Plan<'a>, project: &Project, problems: Vec<String>) -> Result<Server<'p, 'a>> {
+        Server::open_with(plan, project, problems, || Ok(Vec::new()))
+    }
+
+    /// [`Server::open`], with the task's own checks (`checks`, which returns the problems it
+    /// found) run while the connection opens: the seconds of both overlap. Opening a connection
+    /// changes nothing on the server, and nothing else is done there unless every check passed.
+    pub fn open_beside(
+        plan: &'p Plan<'a>,
+        project: &Project,
+        checks: impl FnOnce() -> Result<Vec<String>>,
+    ) -> Result<Server<'p, 'a>> {
+        Server::open_with(plan, project, Vec::new(), checks)
+    }
+
+    /// Opens the connection while `checks` run, unless `known` has problems already.
+    fn open_with(
+        plan: &'p Plan<'a>,
+        project: &Project,
+        known: Vec<String>,
+        checks: impl FnOnce() -> Result<Vec<String>>,
+    ) -> Result<Server<'p, 'a>> {
+        let mut settings = Vec::new();
+        let target = Target::from_env(&project.env, &mut settings);
+        // (Nothing to connect to with settings that are wrong: the target is kept for a dry run.)
+        let (server, connecting, target) = if settings.is_empty() && known.is_empty() {
+            let server = Server::prepare(plan, project, target)?;
+            let connecting = server.start_connect()?;
+            (Some(server), connecting, None)
+        } else {
+            (None, None, Some(target))
+        };
+        let mut problems = known;
+        problems.extend(checks()?);
+        problems.extend(settings);
+        let connected = connecting.map(Beside::wait);
         if !problems.is_empty() {
             let list: Vec<String> = problems.iter().map(|p| ["  - ", p].concat()).collect();
             if !plan.is_dry_run() {
@@ -207,8 +241,14 @@ impl<'p, 'a> Server<'p, 'a> {
             }
             plan.note(&["preflight would fail:\n", &list.join("\n")].concat());
         }
-        let server = Server::prepare(plan, project, target)?;
-        server.connect()?;
+        let server = match server {
+            Some(server) => server,
+            // Only a dry run gets here with settings that are wrong.
+            None => Server::prepare(plan, project, target.expect("kept when not connecting"))?,
+        };
+        if let Some(connected) = connected {
+            server.connected(connected)?;
+        }
         Ok(server)
     }
 
@@ -260,15 +300,35 @@ impl<'p, 'a> Server<'p, 'a> {
     /// connection, so not even a `kill -9` of this process can leave the key behind for longer
     /// than the connection takes to open (and then the watchdog removes it).
     fn connect(&self) -> Result<()> {
+        match self.start_connect()? {
+            Some(connecting) => self.connected(connecting.wait()),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts opening the shared connection (`None` in a dry run); the key is removed the moment
+    /// the attempt ends.
+    fn start_connect(&self) -> Result<Option<Beside>> {
         let key = self.dir.as_ref().map(|dir| dir.path().join("id"));
         if let (Some(path), Some(key)) = (&key, &self.key) {
             write_private(path, key)?;
         }
-        let connected = self.plan.run(self.ssh(&Cmd::of("true").into()));
-        if let Some(path) = &key {
-            let _ = std::fs::remove_file(path);
+        let started = self.plan.beside(self.ssh(&Cmd::of("true").into()), move || {
+            if let Some(path) = &key {
+                let _ = std::fs::remove_file(path);
+            }
+        });
+        if started.is_err() {
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_file(dir.path().join("id"));
+            }
         }
-        connected.with_context(|| {
+        started
+    }
+
+    /// The outcome of opening the connection, explained when it failed.
+    fn connected(&self, outcome: Result<()>) -> Result<()> {
+        outcome.with_context(|| {
             format!(
                 "cannot reach {user}@{host} on port {port}: check that the host is up and SSH_HOST/SSH_PORT/SSH_USER \
                  are right; \"Host key verification failed\" means SSH_KNOWN_HOSTS does not hold this server's key \
