@@ -285,13 +285,21 @@ impl<'a> Plan<'a> {
         let mut stdout_file = unlinked_file()?;
         let mut stderr_file = unlinked_file()?;
         let mut command = std::process::Command::from(self.xshell(&cmd));
-        command.stdin(Stdio::null()).stdout(stdout_file.try_clone()?);
+        // The step's input, if any, on a pipe (a std Command made from xshell's does not carry it).
+        let input = cmd.input();
+        command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdout(stdout_file.try_clone()?);
         match mode {
             Mode::Live => command.stderr(Stdio::inherit()),
             Mode::Detached => command.process_group(0).stderr(stderr_file.try_clone()?),
             Mode::Quiet => command.stderr(stderr_file.try_clone()?),
         };
-        let status = command.status().with_context(|| format!("could not start: {line}"))?;
+        let mut child = command.spawn().with_context(|| format!("could not start: {line}"))?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A step that exits without reading all of it is judged by its exit status.
+            let _ = std::io::Write::write_all(&mut stdin, input);
+        }
+        let status = child.wait().with_context(|| format!("could not wait for: {line}"))?;
         let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
             let mut bytes = Vec::new();
             file.rewind()?;
@@ -549,6 +557,23 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
         assert!(Plan::new(&sh, true).output(Cmd::of("false"), Mode::Live).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_step_run_one_line_per_step_still_gets_its_input() {
+        // `docker login --password-stdin` in a release: not verbose, its input must still arrive.
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, false).verbose(false);
+        let check = Cmd::of("sh -c").arg("read -r line && test \"$line\" = given");
+        plan.run(check.stdin("given\n")).unwrap();
+    }
+
+    #[test]
+    fn a_step_gets_its_input_on_stdin() {
+        let sh = Shell::new().unwrap();
+        let plan = Plan::new(&sh, false);
+        let out = plan.output(Cmd::of("cat").stdin("given\n"), Mode::Quiet).unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "given\n");
     }
 
     #[test]
