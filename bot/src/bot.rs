@@ -63,6 +63,8 @@ const BACKFILL_PAGES: usize = 20;
 /// What every message handler needs.
 struct Ctx {
     cfg: Config,
+    /// The main channels of this shard's guilds: where it answers.
+    channels: Vec<Id<ChannelMarker>>,
     discord: DiscordRest,
     llm: Llm,
     health: Arc<Health>,
@@ -140,7 +142,7 @@ impl Progress {
 /// for a successor, releases the lock and lets in-flight replies finish within `SHUTDOWN_TIMEOUT_SECS`.
 pub async fn run(cfg: Config) -> Result<()> {
     let pool = db::pool(&cfg.db);
-    let health = Health::new(pool.clone(), cfg.git_sha.clone(), cfg.gateway_grace);
+    let health = Health::new(pool.clone(), cfg.git_sha.clone(), cfg.gateway_grace, cfg.shard.id);
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.http_port))
         .await
         .with_context(|| format!("binding the HTTP port 0.0.0.0:{} (HTTP_PORT)", cfg.http_port))?;
@@ -160,6 +162,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         standin = cfg.discord.gateway_url.is_some(),
         llm_concurrency = cfg.llm_concurrency,
         reply_queue = cfg.reply_queue,
+        shard_id = cfg.shard.id,
+        shard_count = cfg.shard.count,
         user_rate_limit = cfg.user_rate_limit,
         user_rate_window_secs = cfg.user_rate_window.as_secs(),
         "lattice-bot starting"
@@ -168,6 +172,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let discord = DiscordRest::new(&cfg.discord_token, cfg.discord.api_url.as_deref(), health.clone())?;
     let ctx = Arc::new(Ctx {
         discord,
+        channels: cfg.own_channels(),
         llm: Llm::new(&cfg)?,
         health,
         cfg,
@@ -180,7 +185,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     loop {
         let standby = ctx.health.clone();
         let leadership = tokio::select! {
-            l = Leadership::acquire(&ctx.cfg.db, move || standby.set_gateway(GatewayState::Standby)) => l,
+            l = Leadership::acquire(&ctx.cfg.db, (ctx.cfg.shard.id, ctx.cfg.shard.count), move || standby.set_gateway(GatewayState::Standby)) => l,
             () = &mut shutdown => {
                 tracing::info!("stopped while standing by");
                 return Ok(());
@@ -214,7 +219,11 @@ async fn connect_shard(ctx: &Ctx) -> Shard {
     if let Some(url) = &cfg.discord.gateway_url {
         builder = builder.proxy_url(url.clone());
     }
-    let stored = tokio::time::timeout(Duration::from_secs(3), db::load_checkpoint(&ctx.health.pool, 0)).await;
+    let stored = tokio::time::timeout(
+        Duration::from_secs(3),
+        db::load_checkpoint(&ctx.health.pool, (cfg.shard.id, cfg.shard.count)),
+    )
+    .await;
     // Without a stored one, this process's own last checkpoint (a term that ended before its first write).
     let own = ctx.progress.checkpoint().map(|c| (c, true));
     let stored = match stored {
@@ -239,7 +248,9 @@ async fn connect_shard(ctx: &Ctx) -> Shard {
             }
         }
     }
-    Shard::with_config(ShardId::ONE, builder.build())
+    let id = ShardId::new_checked(cfg.shard.id, cfg.shard.count)
+        .expect("the config checks SHARD_ID < SHARD_COUNT");
+    Shard::with_config(id, builder.build())
 }
 
 /// One term as leader: the gateway loop, until shutdown or a lock that cannot be confirmed.
@@ -338,7 +349,7 @@ async fn lead(
                         tracing::warn!(resumable, "gateway session invalidated");
                     }
                     Ok(Event::MessageCreate(m)) => {
-                        if m.channel_id == ctx.cfg.main_channel_id {
+                        if ctx.channels.contains(&m.channel_id) {
                             let seq = shard.session().map(|s| s.sequence());
                             intake.accept(m.message, seq);
                         }
@@ -370,6 +381,9 @@ async fn lead(
     health.set_gateway(GatewayState::ShuttingDown);
     shard.close(CloseFrame::RESUME);
     flush_close(&ctx, &mut shard, wanted, Some(&mut intake)).await;
+    // The connection is gone before the lock is: had the close handshake not finished, the
+    // successor's session would overlap this one.
+    drop(shard);
     // Hand over first: the successor resumes before what is still queued here (so it is replayed
     // to it too); whoever claims a message first answers it, the other sees the claim.
     leader.release(ctx.progress.checkpoint()).await;
@@ -399,7 +413,7 @@ async fn flush_close(ctx: &Ctx, shard: &mut Shard, wanted: EventTypeFlags, mut i
         while let Some(ev) = shard.next_event(wanted).await {
             match ev {
                 Ok(Event::GatewayClose(_)) => break,
-                Ok(Event::MessageCreate(m)) if m.channel_id == ctx.cfg.main_channel_id => {
+                Ok(Event::MessageCreate(m)) if ctx.channels.contains(&m.channel_id) => {
                     let seq = shard.session().map(|s| s.sequence());
                     if let Some(intake) = intake.as_deref_mut() {
                         intake.accept(m.message, seq);
@@ -412,13 +426,32 @@ async fn flush_close(ctx: &Ctx, shard: &mut Shard, wanted: EventTypeFlags, mut i
     .await;
 }
 
-/// Reads the main channel's messages after `after` over REST and hands them to the gateway loop
-/// (`None` last). The loop's dedupe and the reply claims skip what was handled already.
-async fn read_back(ctx: Arc<Ctx>, after: u64, to: mpsc::Sender<Option<Message>>) {
-    let mut after = after;
+/// Reads the messages of this shard's main channels after `from` over REST and hands them to the
+/// gateway loop (`None` last). The loop's dedupe and the reply claims skip what was handled already.
+async fn read_back(ctx: Arc<Ctx>, from: u64, to: mpsc::Sender<Option<Message>>) {
+    let mut total = 0usize;
+    for channel in ctx.channels.clone() {
+        match read_back_channel(&ctx, channel, from, &to).await {
+            Some(n) => total += n,
+            None => return,
+        }
+    }
+    ctx.health.metrics.backfilled.fetch_add(total as u64, Relaxed);
+    tracing::info!(messages = total, "backfill done");
+    let _ = to.send(None).await;
+}
+
+/// One channel of [`read_back`]: how many messages it read; `None` when the loop is gone.
+async fn read_back_channel(
+    ctx: &Ctx,
+    channel: Id<ChannelMarker>,
+    from: u64,
+    to: &mpsc::Sender<Option<Message>>,
+) -> Option<usize> {
+    let mut after = from;
     let mut total = 0usize;
     for _ in 0..BACKFILL_PAGES {
-        let page = match ctx.discord.messages_after(ctx.cfg.main_channel_id, Id::new(after.max(1))).await {
+        let page = match ctx.discord.messages_after(channel, Id::new(after.max(1))).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "backfill failed; messages since the last session may go unanswered");
@@ -430,16 +463,14 @@ async fn read_back(ctx: Arc<Ctx>, after: u64, to: mpsc::Sender<Option<Message>>)
         for m in page {
             after = after.max(m.id.get());
             if to.send(Some(m)).await.is_err() {
-                return;
+                return None;
             }
         }
         if !full {
             break;
         }
     }
-    ctx.health.metrics.backfilled.fetch_add(total as u64, Relaxed);
-    tracing::info!(messages = total, "backfill done");
-    let _ = to.send(None).await;
+    Some(total)
 }
 
 /// Re-takes claims whose holder died before replying (their lease expired): queued like new ones.
@@ -447,7 +478,7 @@ async fn retake_expired(ctx: Arc<Ctx>, replies: mpsc::Sender<Job>) {
     let every = (ctx.cfg.reply_lease / 3).max(Duration::from_secs(1));
     loop {
         tokio::time::sleep(every).await;
-        let Ok(expired) = db::expired_claims(&ctx.health.pool, 20).await else { continue };
+        let Ok(expired) = db::expired_claims(&ctx.health.pool, ctx.cfg.shard.id, 20).await else { continue };
         for msg in expired {
             tracing::warn!(message_id = msg.id, "a reply claim expired unanswered; answering it");
             ctx.health.metrics.leases_retaken.fetch_add(1, Relaxed);
@@ -748,7 +779,8 @@ async fn handle(ctx: &Ctx, job: Job) {
         return;
     }
     let lease = ctx.cfg.reply_lease;
-    let Some(claimed) = with_db(ctx, "claiming a reply", || db::claim_reply(pool, memory.id, lease)).await
+    let Some(claimed) =
+        with_db(ctx, "claiming a reply", || db::claim_reply(pool, ctx.cfg.shard.id, memory.id, lease)).await
     else {
         return;
     };

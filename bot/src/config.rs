@@ -55,19 +55,66 @@ pub const SETTINGS: &[&str] = &[
     "REPLY_LEASE_SECS",
     "LATTICE_NOTIFY_WEBHOOK",
     "ALERT_AFTER_SECS",
+    "SHARD_ID",
+    "SHARD_COUNT",
+    "SHARD_SLOT",
 ];
 
-/// A snapshot of the environment, so parsing is a pure function that unit tests can drive.
+/// A secret may instead be given as a file (`<NAME>_FILE`, e.g. a Docker secret under
+/// `/run/secrets/`): read when the variable itself is unset.
+pub const FILE_SUFFIX: &str = "_FILE";
+/// The secrets that may come from a file, and the variable naming the file.
+pub const SECRET_FILE_VARS: &[(&str, &str)] = &[
+    ("DISCORD_TOKEN", "DISCORD_TOKEN_FILE"),
+    ("OPENROUTER_API_KEY", "OPENROUTER_API_KEY_FILE"),
+    ("POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"),
+    ("LATTICE_NOTIFY_WEBHOOK", "LATTICE_NOTIFY_WEBHOOK_FILE"),
+];
+
+/// A snapshot of the environment, so parsing is a pure function that unit tests can drive. The
+/// third part lists secrets whose `<NAME>_FILE` could not be read, reported as invalid.
 #[derive(Clone, Default)]
-pub struct Env(HashMap<String, String>, std::cell::RefCell<std::collections::BTreeSet<String>>);
+pub struct Env(
+    HashMap<String, String>,
+    std::cell::RefCell<std::collections::BTreeSet<String>>,
+    Vec<(String, String)>,
+);
 
 impl Env {
     pub fn from_process() -> Self {
-        Self(std::env::vars().collect(), Default::default())
+        Self(std::env::vars().collect(), Default::default(), Vec::new())
+            .with_secret_files(|path| std::fs::read_to_string(path))
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(), Default::default())
+        Self(
+            pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            Default::default(),
+            Vec::new(),
+        )
+    }
+
+    /// Fills each secret that is unset from its `<NAME>_FILE`, read with `read` (the file's content
+    /// without its trailing newline). A file that cannot be read is reported by name and path, never content.
+    pub fn with_secret_files(mut self, read: impl Fn(&str) -> std::io::Result<String>) -> Self {
+        for (name, file) in SECRET_FILE_VARS {
+            debug_assert_eq!(format!("{name}{FILE_SUFFIX}"), *file);
+            let Some(path) = self.0.get(*file).map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            let file = (*file).to_owned();
+            if self.0.get(*name).is_some_and(|v| !v.trim().is_empty()) {
+                self.2.push((file, format!("set together with {name}: give only one")));
+                continue;
+            }
+            match read(&path) {
+                Ok(value) => {
+                    self.0.insert((*name).to_owned(), value.trim_end_matches(['\r', '\n']).to_owned());
+                }
+                Err(e) => self.2.push((file, format!("cannot read {path}: {}", e.kind()))),
+            }
+        }
+        self
     }
 
     /// The names looked up so far, for the test that every setting is listed in [`SETTINGS`].
@@ -120,6 +167,13 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Starts with the secret files that could not be read.
+    fn new(env: &'a Env) -> Self {
+        let mut err = ConfigError::default();
+        err.invalid.extend(env.2.iter().cloned());
+        Reader { env, err }
+    }
+
     fn required(&mut self, name: &str) -> Option<&'a str> {
         let v = self.env.get(name);
         if v.is_none() {
@@ -130,6 +184,17 @@ impl<'a> Reader<'a> {
 
     fn invalid(&mut self, name: &str, why: impl Into<String>) {
         self.err.invalid.push((name.to_owned(), why.into()));
+    }
+
+    /// A comma-separated list of at least one Discord id.
+    fn snowflakes<T>(&mut self, name: &str) -> Option<Vec<Id<T>>> {
+        let raw = self.required(name)?;
+        let ids: Option<Vec<Id<T>>> =
+            raw.split(',').map(|p| p.trim().parse::<u64>().ok().and_then(Id::new_checked)).collect();
+        if ids.is_none() {
+            self.invalid(name, "expected Discord ids (positive integers), comma-separated");
+        }
+        ids
     }
 
     fn snowflake<T>(&mut self, name: &str) -> Option<Id<T>> {
@@ -202,7 +267,7 @@ impl fmt::Debug for DbConfig {
 
 impl DbConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut r = Reader { env, err: ConfigError::default() };
+        let mut r = Reader::new(env);
         let db = read_db(&mut r);
         r.finish(|| db.expect("no error means a database config"))
     }
@@ -256,7 +321,7 @@ fn read_db_server(r: &mut Reader<'_>) -> (String, u16) {
 /// The database server's host and port, from the same variables as [`DbConfig`] but without
 /// needing credentials: what `lattice-bot doctor` checks.
 pub fn db_server_from_env(env: &Env) -> Result<(String, u16), ConfigError> {
-    let mut r = Reader { env, err: ConfigError::default() };
+    let mut r = Reader::new(env);
     let server = if env.get("DATABASE_URL").is_some() {
         read_db_url(&mut r).map(|options| (options.get_host().to_owned(), options.get_port()))
     } else {
@@ -289,12 +354,39 @@ pub struct DiscordEndpoints {
     pub gateway_url: Option<String>,
 }
 
+/// Which part of Discord's guilds this instance serves: shard `id` of `count`, as Discord assigns
+/// guilds to shards (`(guild_id >> 22) % count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub id: u32,
+    pub count: u32,
+}
+
+impl ShardSpec {
+    pub const ONE: ShardSpec = ShardSpec { id: 0, count: 1 };
+
+    /// The shard Discord sends `guild`'s events to.
+    pub fn of_guild(count: u32, guild: u64) -> u32 {
+        ((guild >> 22) % u64::from(count.max(1))) as u32
+    }
+
+    pub fn serves(&self, guild: Id<GuildMarker>) -> bool {
+        Self::of_guild(self.count, guild.get()) == self.id
+    }
+}
+
 /// Everything `lattice-bot run` needs.
 #[derive(Clone)]
 pub struct Config {
     pub discord_token: String,
+    /// The first guild of `DISCORD_GUILD_ID` and its main channel.
     pub guild_id: Id<GuildMarker>,
     pub main_channel_id: Id<ChannelMarker>,
+    /// Every guild served and its main channel (`DISCORD_GUILD_ID` and `DISCORD_MAIN_CHANNEL_ID`,
+    /// comma-separated lists in the same order); this shard answers in those of its own guilds.
+    pub guilds: Vec<(Id<GuildMarker>, Id<ChannelMarker>)>,
+    /// `SHARD_ID` (or `SHARD_SLOT` − 1, Swarm's 1-based task slot) of `SHARD_COUNT`; 0 of 1 unless set.
+    pub shard: ShardSpec,
     pub dream_channel_id: Id<ChannelMarker>,
     pub discord: DiscordEndpoints,
     pub llm_provider: LlmProvider,
@@ -333,6 +425,8 @@ impl fmt::Debug for Config {
             .field("discord_token", &"<redacted>")
             .field("guild_id", &self.guild_id)
             .field("main_channel_id", &self.main_channel_id)
+            .field("guilds", &self.guilds)
+            .field("shard", &self.shard)
             .field("dream_channel_id", &self.dream_channel_id)
             .field("discord", &self.discord)
             .field("llm_provider", &self.llm_provider)
@@ -357,14 +451,28 @@ impl fmt::Debug for Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut r = Reader { env, err: ConfigError::default() };
+        let mut r = Reader::new(env);
         let discord_token = r.required("DISCORD_TOKEN").map(str::to_owned);
-        let guild_id = r.snowflake("DISCORD_GUILD_ID");
-        let main_channel_id = r.snowflake("DISCORD_MAIN_CHANNEL_ID");
+        let guild_ids = r.snowflakes::<GuildMarker>("DISCORD_GUILD_ID");
+        let main_channel_ids = r.snowflakes::<ChannelMarker>("DISCORD_MAIN_CHANNEL_ID");
         let dream_channel_id = r.snowflake("DISCORD_DREAM_CHANNEL_ID");
-        if main_channel_id.is_some() && main_channel_id == dream_channel_id {
-            r.invalid("DISCORD_DREAM_CHANNEL_ID", "must differ from DISCORD_MAIN_CHANNEL_ID");
+        if let (Some(channels), Some(dream)) = (&main_channel_ids, dream_channel_id) {
+            if channels.contains(&dream) {
+                r.invalid("DISCORD_DREAM_CHANNEL_ID", "must differ from DISCORD_MAIN_CHANNEL_ID");
+            }
         }
+        let guilds: Option<Vec<_>> = match (guild_ids, main_channel_ids) {
+            (Some(g), Some(c)) if g.len() == c.len() => Some(g.into_iter().zip(c).collect()),
+            (Some(_), Some(_)) => {
+                r.invalid(
+                    "DISCORD_MAIN_CHANNEL_ID",
+                    "expected one main channel per guild of DISCORD_GUILD_ID, in the same order",
+                );
+                None
+            }
+            _ => None,
+        };
+        let shard = read_shard(&mut r);
         let llm_provider = match env.get("LLM_PROVIDER").unwrap_or("openrouter") {
             "openrouter" => LlmProvider::OpenRouter,
             "placeholder" => LlmProvider::Placeholder,
@@ -400,38 +508,68 @@ impl Config {
         let reply_lease = Duration::from_secs(r.number("REPLY_LEASE_SECS", 30u64, 3, 3600));
         let alert_webhook = r.url("LATTICE_NOTIFY_WEBHOOK", &["https", "http"]);
         let alert_after = Duration::from_secs(r.number("ALERT_AFTER_SECS", 60u64, 1, 86_400));
-        r.finish(|| Config {
-            discord_token: discord_token.expect("checked"),
-            guild_id: guild_id.expect("checked"),
-            main_channel_id: main_channel_id.expect("checked"),
-            dream_channel_id: dream_channel_id.expect("checked"),
-            discord,
-            llm_provider,
-            openrouter_api_key,
-            openrouter_model,
-            openrouter_base_url,
-            llm_timeout,
-            llm_concurrency,
-            llm_max_tokens,
-            user_rate_limit,
-            user_rate_window,
-            reply_queue,
-            context_messages,
-            db: db.expect("checked"),
-            http_port,
-            git_sha,
-            shutdown_timeout,
-            gateway_grace,
-            reply_lease,
-            alert_webhook,
-            alert_after,
+        r.finish(|| {
+            let guilds = guilds.expect("checked");
+            Config {
+                discord_token: discord_token.expect("checked"),
+                guild_id: guilds[0].0,
+                main_channel_id: guilds[0].1,
+                guilds,
+                shard,
+                dream_channel_id: dream_channel_id.expect("checked"),
+                discord,
+                llm_provider,
+                openrouter_api_key,
+                openrouter_model,
+                openrouter_base_url,
+                llm_timeout,
+                llm_concurrency,
+                llm_max_tokens,
+                user_rate_limit,
+                user_rate_window,
+                reply_queue,
+                context_messages,
+                db: db.expect("checked"),
+                http_port,
+                git_sha,
+                shutdown_timeout,
+                gateway_grace,
+                reply_lease,
+                alert_webhook,
+                alert_after,
+            }
         })
     }
+
+    /// The main channels of the guilds this shard serves: where it answers, and what it backfills.
+    pub fn own_channels(&self) -> Vec<Id<ChannelMarker>> {
+        self.guilds.iter().filter(|(g, _)| self.shard.serves(*g)).map(|(_, c)| *c).collect()
+    }
+}
+
+/// `SHARD_ID` (or `SHARD_SLOT`, 1-based, as Swarm's `{{.Task.Slot}}`) and `SHARD_COUNT`.
+fn read_shard(r: &mut Reader<'_>) -> ShardSpec {
+    let count = r.number("SHARD_COUNT", 1u32, 1, 65_535);
+    let id = match (r.env.get("SHARD_ID").is_some(), r.env.get("SHARD_SLOT").is_some()) {
+        (true, true) => {
+            r.invalid("SHARD_SLOT", "set together with SHARD_ID: give only one");
+            0
+        }
+        (false, true) => r.number("SHARD_SLOT", 1u32, 1, 65_535) - 1,
+        _ => r.number("SHARD_ID", 0u32, 0, 65_534),
+    };
+    if id >= count {
+        r.invalid(
+            "SHARD_ID",
+            format!("shard {id} does not exist: SHARD_COUNT is {count} (shards 0 to {})", count - 1),
+        );
+    }
+    ShardSpec { id, count }
 }
 
 /// `HTTP_PORT` for the health probe, which must work with nothing else configured.
 pub fn http_port_from_env(env: &Env) -> Result<u16, ConfigError> {
-    let mut r = Reader { env, err: ConfigError::default() };
+    let mut r = Reader::new(env);
     let port = r.number("HTTP_PORT", DEFAULT_HTTP_PORT, 1, u16::MAX);
     r.finish(|| port)
 }
@@ -439,7 +577,7 @@ pub fn http_port_from_env(env: &Env) -> Result<u16, ConfigError> {
 /// The remote services the bot talks to, as configured (each with a name for messages): Discord's
 /// REST API and gateway, and OpenRouter. What `lattice-bot doctor` checks by default.
 pub fn remote_urls_from_env(env: &Env) -> Result<Vec<(&'static str, String)>, ConfigError> {
-    let mut r = Reader { env, err: ConfigError::default() };
+    let mut r = Reader::new(env);
     let urls = vec![
         (
             "Discord API",
@@ -563,5 +701,64 @@ mod tests {
         let text = format!("{cfg:?}");
         assert!(!text.contains("secret-value"), "{text}");
         assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn shards_default_to_one_and_each_serves_the_guilds_discord_routes_to_it() {
+        let cfg = Config::from_env(&Env::from_pairs(FULL.iter().copied())).unwrap();
+        assert_eq!(cfg.shard, ShardSpec::ONE);
+        assert_eq!(cfg.own_channels(), vec![cfg.main_channel_id]);
+        // Guild 1 << 22 is on shard 1 of 2, guild 2 << 22 on shard 0.
+        let (g1, g2) = ((1u64 << 22).to_string(), (2u64 << 22).to_string());
+        let guilds = format!("{g1}, {g2}");
+        let mut pairs: Vec<(&str, &str)> = FULL.to_vec();
+        pairs.extend([("DISCORD_GUILD_ID", guilds.as_str()), ("DISCORD_MAIN_CHANNEL_ID", "20,21")]);
+        let shard0 = Config::from_env(&Env::from_pairs(pairs.iter().copied().chain([("SHARD_COUNT", "2")])));
+        let shard0 = shard0.unwrap();
+        assert_eq!(shard0.shard, ShardSpec { id: 0, count: 2 });
+        assert_eq!(shard0.own_channels(), vec![Id::new(21)]);
+        // Swarm's task slot 2 is shard 1.
+        let env = Env::from_pairs(pairs.iter().copied().chain([("SHARD_COUNT", "2"), ("SHARD_SLOT", "2")]));
+        let shard1 = Config::from_env(&env).unwrap();
+        assert_eq!(shard1.shard, ShardSpec { id: 1, count: 2 });
+        assert_eq!(shard1.own_channels(), vec![Id::new(20)]);
+        let env = Env::from_pairs(pairs.iter().copied().chain([("SHARD_COUNT", "2"), ("SHARD_ID", "2")]));
+        let text = Config::from_env(&env).unwrap_err().to_string();
+        assert!(text.contains("invalid: SHARD_ID: shard 2 does not exist"), "{text}");
+        let env = Env::from_pairs(pairs.iter().copied().chain([("DISCORD_MAIN_CHANNEL_ID", "20")]));
+        let text = Config::from_env(&env).unwrap_err().to_string();
+        assert!(
+            text.contains("invalid: DISCORD_MAIN_CHANNEL_ID: expected one main channel per guild"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_whose_content_is_never_shown() {
+        let pairs: Vec<(&str, &str)> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| !matches!(*k, "DISCORD_TOKEN" | "POSTGRES_PASSWORD"))
+            .chain([
+                ("DISCORD_TOKEN_FILE", "/run/secrets/discord_token"),
+                ("POSTGRES_PASSWORD_FILE", "/run/secrets/postgres_password"),
+            ])
+            .collect();
+        let read = |path: &str| match path {
+            "/run/secrets/discord_token" => Ok("tok-from-file-secret-value\n".to_owned()),
+            _ => Err(std::io::ErrorKind::PermissionDenied.into()),
+        };
+        let text = Config::from_env(&Env::from_pairs(pairs.iter().copied()).with_secret_files(read))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("invalid: POSTGRES_PASSWORD_FILE: cannot read /run/secrets/postgres_password"),
+            "{text}"
+        );
+        assert!(!text.contains("secret-value"), "{text}");
+        let read_all = |_: &str| Ok("from-file-secret-value\n".to_owned());
+        let cfg =
+            Config::from_env(&Env::from_pairs(pairs.iter().copied()).with_secret_files(read_all)).unwrap();
+        assert_eq!(cfg.discord_token, "from-file-secret-value");
     }
 }

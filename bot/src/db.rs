@@ -173,15 +173,21 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 /// Claims the right to answer a message for `lease`; `false` when it is answered or another
 /// claim's lease still runs (a repeated event). An expired, unanswered claim is taken over: its
 /// holder died mid-reply.
-pub async fn claim_reply(pool: &PgPool, message_id: u64, lease: Duration) -> Result<bool, sqlx::Error> {
+pub async fn claim_reply(
+    pool: &PgPool,
+    shard_id: u32,
+    message_id: u64,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO handled_messages (message_id, lease_until)
-         VALUES ($1, now() + make_interval(secs => $2))
+        "INSERT INTO handled_messages (message_id, lease_until, shard_id)
+         VALUES ($1, now() + make_interval(secs => $2), $3)
          ON CONFLICT (message_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, handled_at = now()
            WHERE handled_messages.replied_at IS NULL AND handled_messages.lease_until < now()",
     )
     .bind(message_id as i64)
     .bind(lease.as_secs_f64())
+    .bind(shard_id as i32)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -209,14 +215,20 @@ pub async fn mark_replied(pool: &PgPool, message_id: u64) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// Stored messages whose claim expired unanswered (their holder died), oldest first.
-pub async fn expired_claims(pool: &PgPool, limit: i64) -> Result<Vec<StoredMessage>, sqlx::Error> {
+/// Stored messages of shard `shard_id` whose claim expired unanswered (their holder died), oldest first.
+pub async fn expired_claims(
+    pool: &PgPool,
+    shard_id: u32,
+    limit: i64,
+) -> Result<Vec<StoredMessage>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT m.id, m.channel_id, m.author_id, m.author_name, m.is_bot, m.content, m.kind
          FROM handled_messages h JOIN messages m ON m.id = h.message_id
-         WHERE h.replied_at IS NULL AND h.lease_until < now() ORDER BY h.message_id LIMIT $1",
+         WHERE h.shard_id = $2 AND h.replied_at IS NULL AND h.lease_until < now()
+         ORDER BY h.message_id LIMIT $1",
     )
     .bind(limit)
+    .bind(shard_id as i32)
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(stored_row).collect())
@@ -305,18 +317,20 @@ pub struct Checkpoint {
 /// succeeds also proves the lock is still held; `leader_live` also records the leader's heartbeat.
 pub async fn store_checkpoint(
     conn: &mut PgConnection,
-    shard_id: u32,
+    (shard_id, shard_count): (u32, u32),
     c: &Checkpoint,
     leader_live: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH beat AS (
-           INSERT INTO gateway_leader (id, seen_at) SELECT 1, now() WHERE $6
+           INSERT INTO gateway_leader (id, seen_at) SELECT $1 + 1, now() WHERE $6
            ON CONFLICT (id) DO UPDATE SET seen_at = now()
          )
-         INSERT INTO gateway_sessions (shard_id, session_id, sequence, resume_url, last_message_id, stored_at)
-         VALUES ($1, $2, $3, $4, $5, now())
+         INSERT INTO gateway_sessions
+           (shard_id, session_id, sequence, resume_url, last_message_id, stored_at, shard_count)
+         VALUES ($1, $2, $3, $4, $5, now(), $7)
          ON CONFLICT (shard_id) DO UPDATE SET session_id = EXCLUDED.session_id,
+           shard_count = EXCLUDED.shard_count,
            sequence = EXCLUDED.sequence, resume_url = EXCLUDED.resume_url,
            last_message_id = COALESCE(EXCLUDED.last_message_id, gateway_sessions.last_message_id),
            stored_at = now()",
@@ -327,30 +341,35 @@ pub async fn store_checkpoint(
     .bind(&c.resume_url)
     .bind(c.last_message_id.map(|v| v as i64))
     .bind(leader_live)
+    .bind(shard_count as i32)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Records the leader's heartbeat alone (no session yet, gateway live).
-pub async fn leader_beat(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO gateway_leader (id, seen_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET seen_at = now()")
+/// Records the leader's heartbeat alone (no session yet, gateway live). Shard N's row is id N + 1.
+pub async fn leader_beat(conn: &mut PgConnection, shard_id: u32) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO gateway_leader (id, seen_at) VALUES ($1 + 1, now()) ON CONFLICT (id) DO UPDATE SET seen_at = now()")
+        .bind(shard_id as i32)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// The stored checkpoint: `(checkpoint, resumable)`; a session older than a few minutes is no
-/// longer resumable at Discord, but its `last_message_id` still says where to backfill from.
+/// The stored checkpoint of shard `shard_id` of `shard_count`: `(checkpoint, resumable)`; a session
+/// older than a few minutes is no longer resumable at Discord, nor one of another shard count (its
+/// guilds were another set), but its `last_message_id` still says where to backfill from.
 pub async fn load_checkpoint(
     pool: &PgPool,
-    shard_id: u32,
+    (shard_id, shard_count): (u32, u32),
 ) -> Result<Option<(Checkpoint, bool)>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT session_id, sequence, resume_url, last_message_id, stored_at > now() - interval '5 minutes'
+        "SELECT session_id, sequence, resume_url, last_message_id,
+           stored_at > now() - interval '5 minutes' AND shard_count = $2
          FROM gateway_sessions WHERE shard_id = $1",
     )
     .bind(shard_id as i32)
+    .bind(shard_count as i32)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| {
@@ -364,11 +383,14 @@ pub async fn load_checkpoint(
     }))
 }
 
-/// Seconds since a leader last said its gateway was live; `None` when none ever did.
-pub async fn leader_silent_secs(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM now() - seen_at)::float8 FROM gateway_leader WHERE id = 1")
-        .fetch_optional(pool)
-        .await
+/// Seconds since shard `shard_id`'s leader last said its gateway was live; `None` when none ever did.
+pub async fn leader_silent_secs(pool: &PgPool, shard_id: u32) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - seen_at)::float8 FROM gateway_leader WHERE id = $1 + 1",
+    )
+    .bind(shard_id as i32)
+    .fetch_optional(pool)
+    .await
 }
 
 #[cfg(test)]
@@ -390,6 +412,7 @@ mod tests {
         assert!(info.backward_compatible.contains(&2));
         assert!(info.backward_compatible.contains(&3));
         assert!(info.backward_compatible.contains(&4));
+        assert!(info.backward_compatible.contains(&5));
         assert!(!info.backward_compatible.contains(&1));
     }
 }

@@ -242,10 +242,12 @@ pub struct Health {
     pub schema_head: i64,
     /// How long the gateway may be down (or a standby see no live leader) and still be healthy.
     pub grace: Duration,
+    /// The shard this instance serves (or stands by for).
+    pub shard_id: u32,
 }
 
 impl Health {
-    pub fn new(pool: PgPool, sha: String, grace: Duration) -> Arc<Self> {
+    pub fn new(pool: PgPool, sha: String, grace: Duration, shard_id: u32) -> Arc<Self> {
         Arc::new(Self {
             pool,
             metrics: Metrics::default(),
@@ -256,6 +258,7 @@ impl Health {
             sha,
             schema_head: crate::db::schema_info().head,
             grace,
+            shard_id,
         })
     }
 
@@ -316,7 +319,7 @@ impl Health {
                 if schema_version.is_some() {
                     let silent = tokio::time::timeout(
                         Duration::from_secs(3),
-                        crate::db::leader_silent_secs(&self.pool),
+                        crate::db::leader_silent_secs(&self.pool, self.shard_id),
                     )
                     .await;
                     let silent = match silent {
@@ -344,6 +347,7 @@ impl Health {
             "status": if healthy { "ok" } else { "unhealthy" },
             "role": self.role(),
             "sha": self.sha,
+            "shard": self.shard_id,
             "schema_version": schema_version,
             "schema_head": self.schema_head,
             "gateway": gateway.as_str(),

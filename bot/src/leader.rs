@@ -1,4 +1,5 @@
-//! The leader lock: only one instance talks to the gateway, so two running bots never answer twice.
+//! The leader lock: only one instance per shard talks to the gateway, so two running bots never
+//! answer twice. Each shard (`SHARD_ID`) has a lock of its own, so each shard hands over on its own.
 //!
 //! A session-level Postgres advisory lock on a dedicated connection (not the pool). A second
 //! instance stands by, asking for the lock every [`STANDBY_POLL`] on its own connection (it never
@@ -24,7 +25,14 @@ use tokio::{
 use crate::{config::DbConfig, db};
 
 /// "lattice" + 1 in ASCII; distinct from sqlx's migration lock, which hashes the database name.
+/// Shard 0's key (the only shard of a bot that does not shard, and of releases built before sharding).
 pub const LEADER_LOCK_KEY: i64 = 0x6c61_7474_6963_6501;
+
+/// The advisory lock key of shard `shard_id`: shard 0 keeps [`LEADER_LOCK_KEY`], so a handover
+/// between a release built before sharding and one after it still excludes the two.
+pub fn lock_key(shard_id: u32) -> i64 {
+    LEADER_LOCK_KEY + (i64::from(shard_id) << 8)
+}
 /// How often a standby asks for the lock.
 pub const STANDBY_POLL: Duration = Duration::from_millis(50);
 /// How often the holder confirms the lock.
@@ -46,20 +54,23 @@ async fn connect(db: &DbConfig) -> Result<PgConnection, sqlx::Error> {
         .map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
-async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let q = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(conn);
+async fn try_lock(conn: &mut PgConnection, shard_id: u32) -> Result<bool, sqlx::Error> {
+    let q = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(shard_id)).fetch_one(conn);
     tokio::time::timeout(CONFIRM_TIMEOUT, q).await.map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
-/// This instance holds the leader lock.
+/// This instance holds the leader lock of its shard.
 pub struct Leadership {
     conn: PgConnection,
+    /// `(shard id, shard count)`.
+    shard: (u32, u32),
 }
 
 impl Leadership {
-    /// Waits until this instance holds the lock. `on_standby` runs each time another instance is
-    /// found holding it.
-    pub async fn acquire(db: &DbConfig, mut on_standby: impl FnMut()) -> Self {
+    /// Waits until this instance holds shard `shard_id`'s lock. `on_standby` runs each time another
+    /// instance is found holding it.
+    pub async fn acquire(db: &DbConfig, shard: (u32, u32), mut on_standby: impl FnMut()) -> Self {
+        let shard_id = shard.0;
         let mut told = false;
         let mut conn: Option<PgConnection> = None;
         loop {
@@ -74,8 +85,8 @@ impl Leadership {
                     }
                 },
             };
-            match try_lock(c).await {
-                Ok(true) => return Self { conn: conn.take().expect("connected") },
+            match try_lock(c, shard_id).await {
+                Ok(true) => return Self { conn: conn.take().expect("connected"), shard },
                 Ok(false) => {
                     on_standby();
                     if !told {
@@ -113,7 +124,7 @@ impl Leadership {
                         if let Ok(Some(c)) = last {
                             let stored = tokio::time::timeout(
                                 Duration::from_secs(2),
-                                db::store_checkpoint(&mut self.conn, 0, &c, false),
+                                db::store_checkpoint(&mut self.conn, self.shard, &c, false),
                             )
                             .await;
                             if !matches!(stored, Ok(Ok(()))) {
@@ -133,8 +144,8 @@ impl Leadership {
                             let beat = live();
                             let write = async {
                                 match current {
-                                    Some(c) => db::store_checkpoint(&mut self.conn, 0, &c, beat).await,
-                                    None if beat => db::leader_beat(&mut self.conn).await,
+                                    Some(c) => db::store_checkpoint(&mut self.conn, self.shard, &c, beat).await,
+                                    None if beat => db::leader_beat(&mut self.conn, self.shard.0).await,
                                     None => sqlx::query("SELECT 1").execute(&mut self.conn).await.map(drop),
                                 }
                             };
@@ -158,8 +169,8 @@ impl Leadership {
 
     /// Releases the lock so a standby takes over at once.
     async fn release(mut self) {
-        let _ =
-            sqlx::query("SELECT pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut self.conn).await;
+        let key = lock_key(self.shard.0);
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut self.conn).await;
         let _ = self.conn.close().await;
     }
 }

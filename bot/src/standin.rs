@@ -5,10 +5,16 @@
 //! Resumed, MESSAGE_CREATE dispatch). A control API under `/control/` lets people and tests post
 //! user messages and read what the bot posted.
 //!
+//! Sharding as Discord does it: IDENTIFY carries `shard: [id, count]` (default `[0, 1]`; an id not
+//! below the count is closed with 4010 Invalid shard), and a session gets only the events of guilds
+//! with `(guild_id >> 22) % count == id` (events without a guild go to shard 0), each session with
+//! its own sequence. A RESUME keeps the shard the session was identified with.
+//!
 //! Control API (JSON):
 //! - `GET  /control/info` → guild, main and dream channel ids, bot user id
-//! - `POST /control/messages {"content", "channel_id"?, "author"?, "bot"?, "repeat"?}` → `{"id"}`: a
-//!   user's (or with `bot`, another bot's) message, dispatched `repeat` times (default 1) as MESSAGE_CREATE
+//! - `POST /control/messages {"content", "channel_id"?, "guild_id"?, "author"?, "bot"?, "repeat"?}` →
+//!   `{"id"}`: a user's (or with `bot`, another bot's) message, dispatched `repeat` times (default 1)
+//!   as MESSAGE_CREATE. A channel belongs to the guild it was first posted in (default: the world's).
 //! - `GET  /control/posted?after=SEQ&wait=SECS` → `{"messages":[…], "next": SEQ}`: what the bot
 //!   posted, long-polling up to `wait` seconds for something new
 //! - `POST /control/drop` drops every gateway connection without a close frame (network loss);
@@ -16,7 +22,8 @@
 //! - `GET  /control/state` → connection, identify and resume counts, live sessions now (`live`: an
 //!   identified or resumed connection still open) and at most (`max_live`), each time with no live
 //!   session between two (`session_gaps_ms`: the gateway gap of a handover); REST requests, 429s
-//!   served and the most REST requests seen in any one second
+//!   served and the most REST requests seen in any one second; and per shard (`shards`, keyed by
+//!   shard id) its live sessions now and at most, identifies and resumes
 //! - `POST /control/invalidate` forgets every session and drops every connection: the next RESUME
 //!   gets opcode 9 `d:false` and the client must IDENTIFY (a gap only a backfill closes)
 //! - `POST /control/outage {"secs"}` drops every connection and refuses gateway connections for
@@ -141,8 +148,12 @@ struct Inner {
     last_id: u64,
     /// Every dispatch ever made, in order: `(event type, data)`.
     events: Vec<(&'static str, Value)>,
-    /// Session id → index into `events` at READY.
-    sessions: HashMap<String, usize>,
+    /// Session id → index into `events` at READY, and the session's shard.
+    sessions: HashMap<String, (usize, ShardOf)>,
+    /// Channel → the guild it belongs to (channels not listed are the world guild's).
+    channels: HashMap<u64, u64>,
+    /// Shard id → its counts.
+    shards: std::collections::BTreeMap<u32, ShardCounts>,
     posted: Vec<Posted>,
     users: HashMap<String, u64>,
     connections: u64,
@@ -172,7 +183,38 @@ struct Inner {
     outage_until: Option<std::time::Instant>,
 }
 
+/// `[id, count]` of a gateway session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardOf {
+    pub id: u32,
+    pub count: u32,
+}
+
+impl ShardOf {
+    /// Whether an event (its data `d`) goes to this shard: by its guild, as Discord routes.
+    fn gets(&self, d: &Value) -> bool {
+        let guild = d["guild_id"].as_str().and_then(|g| g.parse::<u64>().ok());
+        match guild {
+            Some(g) => (g >> 22) % u64::from(self.count) == u64::from(self.id),
+            None => self.id == 0,
+        }
+    }
+}
+
+/// What the stand-in counted for one shard.
+#[derive(Clone, Debug, Default, Serialize)]
+struct ShardCounts {
+    live: u64,
+    max_live: u64,
+    identifies: u64,
+    resumes: u64,
+}
+
 impl Inner {
+    fn guild_of(&self, world: &World, channel: u64) -> u64 {
+        self.channels.get(&channel).copied().unwrap_or(world.guild_id)
+    }
+
     fn snowflake(&mut self) -> u64 {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let id = (now_ms.saturating_sub(DISCORD_EPOCH_MS) << 22).max(self.last_id + 1);
@@ -303,7 +345,7 @@ fn current_user() -> CurrentUser {
 
 #[allow(deprecated)] // `interaction` must still be set while the field exists
 fn message(
-    world: &World,
+    guild: u64,
     id: u64,
     channel: u64,
     author: User,
@@ -324,7 +366,7 @@ fn message(
         edited_timestamp: None,
         embeds: Vec::new(),
         flags: Some(MessageFlags::empty()),
-        guild_id: Some(Id::new(world.guild_id)),
+        guild_id: Some(Id::new(guild)),
         id: Id::new(id),
         interaction: None,
         interaction_metadata: None,
@@ -340,7 +382,7 @@ fn message(
         reactions: Vec::new(),
         reference: reply_to.map(|m| MessageReference {
             channel_id: Some(Id::new(channel)),
-            guild_id: Some(Id::new(world.guild_id)),
+            guild_id: Some(Id::new(guild)),
             kind: MessageReferenceType::Default,
             message_id: Some(Id::new(m)),
             fail_if_not_exists: None,
@@ -520,7 +562,8 @@ async fn create_message(
             }
         }
         let id = i.snowflake();
-        let msg = message(&world, id, channel, user(BOT_USER_ID, "lattice", true), content.clone(), reply_to);
+        let guild = i.guild_of(&world, channel);
+        let msg = message(guild, id, channel, user(BOT_USER_ID, "lattice", true), content.clone(), reply_to);
         let seq = i.posted.len() as u64 + 1;
         i.posted.push(Posted {
             seq,
@@ -562,16 +605,39 @@ async fn gateway(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocket
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8090").to_owned();
     ws.on_upgrade(move |socket| async move {
         s.update(|i| i.connections += 1);
-        let mut live = false;
+        let mut live = None;
         let _ = connection(&s, socket, format!("ws://{host}"), &mut live).await;
         s.update(|i| {
             i.connections -= 1;
-            i.live -= u64::from(live);
-            if live && i.live == 0 {
-                i.none_live_since = Some(std::time::Instant::now());
-            }
+            leave(i, &mut live);
         });
     })
+}
+
+/// Counts a connection's session as live (identified or resumed), once.
+fn go_live(i: &mut Inner, live: &mut Option<ShardOf>, shard: ShardOf) {
+    if live.is_none() {
+        *live = Some(shard);
+        i.live += 1;
+        i.max_live = i.max_live.max(i.live);
+        let counts = i.shards.entry(shard.id).or_default();
+        counts.live += 1;
+        counts.max_live = counts.max_live.max(counts.live);
+        if let Some(since) = i.none_live_since.take() {
+            i.session_gaps_ms.push(since.elapsed().as_millis() as u64);
+        }
+    }
+}
+
+/// A connection's session is no longer live: its client closed it or the connection is gone.
+fn leave(i: &mut Inner, live: &mut Option<ShardOf>) {
+    if let Some(shard) = live.take() {
+        i.live -= 1;
+        i.shards.entry(shard.id).or_default().live -= 1;
+        if i.live == 0 {
+            i.none_live_since = Some(std::time::Instant::now());
+        }
+    }
 }
 
 fn frame(op: OpCode, d: Value, s: Option<u64>, t: Option<&str>) -> WsMessage {
@@ -582,17 +648,36 @@ fn close(code: CloseCode, reason: &'static str) -> WsMessage {
     WsMessage::Close(Some(axum::extract::ws::CloseFrame { code: code as u16, reason: reason.into() }))
 }
 
-/// A session on one connection: dispatch `k` of it is event `base + k` of the world (READY, the
-/// first, carries sequence 1), and `next` is the next event to send.
+/// A session on one connection: it gets the events of the world from its READY on that go to its
+/// shard (READY, the first dispatch, carries sequence 1); `next` is the next event to look at and
+/// `sent` the dispatches sent so far, READY included.
 struct Session {
-    base: usize,
     next: usize,
+    shard: ShardOf,
+    sent: u64,
 }
 
 impl Session {
-    /// The sequence number of event `next`.
+    /// The sequence number of the next dispatch.
     fn next_seq(&self) -> u64 {
-        (self.next - self.base) as u64 + 2
+        self.sent + 1
+    }
+
+    /// A session resumed after sequence `seq`: what follows it is sent next.
+    fn resumed(events: &[(&'static str, Value)], base: usize, shard: ShardOf, seq: u64) -> Self {
+        let mut session = Session { next: base, shard, sent: 1 };
+        while session.sent < seq.max(1) {
+            match events.get(session.next) {
+                Some((_, d)) => {
+                    if shard.gets(d) {
+                        session.sent += 1;
+                    }
+                    session.next += 1;
+                }
+                None => break,
+            }
+        }
+        session
     }
 }
 
@@ -602,18 +687,8 @@ async fn connection(
     s: &Shared,
     mut socket: WebSocket,
     resume_url: String,
-    live: &mut bool,
+    live: &mut Option<ShardOf>,
 ) -> Result<(), axum::Error> {
-    let mut go_live = |i: &mut Inner| {
-        if !*live {
-            *live = true;
-            i.live += 1;
-            i.max_live = i.max_live.max(i.live);
-            if let Some(since) = i.none_live_since.take() {
-                i.session_gaps_ms.push(since.elapsed().as_millis() as u64);
-            }
-        }
-    };
     let mut changed = s.changed.subscribe();
     let (drops_at_start, reconnects_at_start) = s.read(|i| (i.drops, i.reconnects));
     socket
@@ -633,7 +708,9 @@ async fn connection(
                 let text = match incoming {
                     Some(Ok(WsMessage::Text(t))) => t.to_string(),
                     Some(Ok(WsMessage::Close(frame))) => {
-                        // Answer the close handshake, as Discord does, so the client sees a clean close.
+                        // The session ends with the client's close frame, as at Discord; then the
+                        // close handshake is answered so the client sees a clean close.
+                        s.update(|i| leave(i, live));
                         let _ = socket.send(WsMessage::Close(frame)).await;
                         return Ok(());
                     }
@@ -653,38 +730,47 @@ async fn connection(
                             socket.send(close(CloseCode::AuthenticationFailed, "Authentication failed.")).await?;
                             return Ok(());
                         }
-                        let (id, base) = s.update(|i| {
-                            go_live(i);
+                        let Some(shard) = identify_shard(&payload["d"]["shard"]) else {
+                            socket.send(close(CloseCode::InvalidShard, "Invalid shard.")).await?;
+                            return Ok(());
+                        };
+                        let (id, base, guilds) = s.update(|i| {
+                            go_live(i, live, shard);
                             i.identifies += 1;
+                            i.shards.entry(shard.id).or_default().identifies += 1;
                             let id = format!("standin-{:x}", i.snowflake());
                             let base = i.events.len();
-                            i.sessions.insert(id.clone(), base);
-                            (id, base)
+                            i.sessions.insert(id.clone(), (base, shard));
+                            let mut guilds: Vec<u64> =
+                                std::iter::once(s.world.guild_id).chain(i.channels.values().copied()).collect();
+                            guilds.sort_unstable();
+                            guilds.dedup();
+                            guilds.retain(|g| shard.gets(&json!({ "guild_id": g.to_string() })));
+                            (id, base, guilds)
                         });
                         let ready = Ready {
                             application: PartialApplication { flags: ApplicationFlags::empty(), id: Id::new(BOT_USER_ID) },
-                            guilds: vec![UnavailableGuild { id: Id::new(s.world.guild_id), unavailable: true }],
+                            guilds: guilds.into_iter().map(|g| UnavailableGuild { id: Id::new(g), unavailable: true }).collect(),
                             resume_gateway_url: resume_url.clone(),
                             session_id: id.clone(),
-                            shard: Some(ShardId::ONE),
+                            shard: ShardId::new_checked(shard.id, shard.count),
                             user: current_user(),
                             version: 10,
                         };
                         socket.send(frame(OpCode::Dispatch, serde_json::to_value(&ready).expect("ready serializes"), Some(1), Some("READY"))).await?;
-                        session = Some(Session { base, next: base });
+                        session = Some(Session { next: base, shard, sent: 1 });
                     }
                     Some(OpCode::Resume) => {
                         let id = payload["d"]["session_id"].as_str().unwrap_or_default().to_owned();
                         let seq = payload["d"]["seq"].as_u64().unwrap_or(0);
                         match s.read(|i| i.sessions.get(&id).copied()) {
-                            Some(base) => {
+                            Some((base, shard)) => {
                                 s.update(|i| {
-                                    go_live(i);
+                                    go_live(i, live, shard);
                                     i.resumes += 1;
+                                    i.shards.entry(shard.id).or_default().resumes += 1;
                                 });
-                                // Event index `base + k` carries sequence `k + 2` (READY was 1).
-                                let next = (base + seq.saturating_sub(1) as usize).max(base);
-                                let mut resumed = Session { base, next };
+                                let mut resumed = s.read(|i| Session::resumed(&i.events, base, shard, seq));
                                 send_pending(s, &mut socket, &mut resumed).await?;
                                 let last_seq = resumed.next_seq() - 1;
                                 socket.send(frame(OpCode::Dispatch, json!({}), Some(last_seq), Some("RESUMED"))).await?;
@@ -721,10 +807,24 @@ async fn send_pending(s: &Shared, socket: &mut WebSocket, session: &mut Session)
     let pending: Vec<(&'static str, Value)> =
         s.read(|i| i.events.get(session.next..).map(<[_]>::to_vec).unwrap_or_default());
     for (t, d) in pending {
-        socket.send(frame(OpCode::Dispatch, d, Some(session.next_seq()), Some(t))).await?;
         session.next += 1;
+        if session.shard.gets(&d) {
+            socket.send(frame(OpCode::Dispatch, d, Some(session.next_seq()), Some(t))).await?;
+            session.sent += 1;
+        }
     }
     Ok(())
+}
+
+/// The `shard` of an IDENTIFY (`[id, count]`, `[0, 1]` when absent); `None` when it is invalid.
+fn identify_shard(v: &Value) -> Option<ShardOf> {
+    if v.is_null() {
+        return Some(ShardOf { id: 0, count: 1 });
+    }
+    let pair = v.as_array().filter(|a| a.len() == 2)?;
+    let id = u32::try_from(pair[0].as_u64()?).ok()?;
+    let count = u32::try_from(pair[1].as_u64()?).ok()?;
+    (count > 0 && id < count).then_some(ShardOf { id, count })
 }
 
 // ---- control API ----
@@ -742,6 +842,8 @@ async fn info(State(s): State<Arc<Shared>>) -> Json<Value> {
 struct PostBody {
     content: String,
     channel_id: Option<String>,
+    /// The guild of the channel (default: the guild the channel was first posted in, or the world's).
+    guild_id: Option<String>,
     author: Option<String>,
     repeat: Option<u32>,
     /// The author is a bot (another one than Lattice).
@@ -755,6 +857,11 @@ async fn control_post(State(s): State<Arc<Shared>>, Json(body): Json<PostBody>) 
         Some(Ok(c)) if c > 0 => c,
         Some(_) => return (StatusCode::BAD_REQUEST, "channel_id must be a positive integer").into_response(),
     };
+    let guild = match body.guild_id.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(g)) if g > 0 => Some(g),
+        Some(_) => return (StatusCode::BAD_REQUEST, "guild_id must be a positive integer").into_response(),
+    };
     // Empty content is allowed: Discord delivers it for a message with only an attachment.
     let author = body.author.unwrap_or_else(|| "tester".into());
     let world = s.world.clone();
@@ -762,7 +869,11 @@ async fn control_post(State(s): State<Arc<Shared>>, Json(body): Json<PostBody>) 
         let next = 100_000_000_000_000_100 + i.users.len() as u64;
         let uid = *i.users.entry(author.clone()).or_insert(next);
         let id = i.snowflake();
-        let msg = message(&world, id, channel, user(uid, &author, body.bot), body.content, None);
+        if let Some(g) = guild {
+            i.channels.entry(channel).or_insert(g);
+        }
+        let guild = i.guild_of(&world, channel);
+        let msg = message(guild, id, channel, user(uid, &author, body.bot), body.content, None);
         let value = serde_json::to_value(&msg).expect("message serializes");
         for _ in 0..body.repeat.unwrap_or(1).clamp(1, 10) {
             i.events.push(("MESSAGE_CREATE", value.clone()));
@@ -822,6 +933,7 @@ async fn control_state(State(s): State<Arc<Shared>>) -> Json<Value> {
             "rest_requests": i.rest.len(),
             "rate_limited": i.rest.iter().filter(|r| r.status == 429).count(),
             "max_rest_per_second": max_per_second(&i.rest),
+            "shards": i.shards.iter().map(|(id, c)| (id.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
         })
     }))
 }
@@ -942,4 +1054,34 @@ async fn control_outage(State(s): State<Arc<Shared>>, Json(body): Json<OutageBod
         i.connections
     });
     Json(json!({ "dropped": n })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_names_a_shard_below_its_count_or_none_at_all() {
+        assert_eq!(identify_shard(&Value::Null), Some(ShardOf { id: 0, count: 1 }));
+        assert_eq!(identify_shard(&json!([1, 2])), Some(ShardOf { id: 1, count: 2 }));
+        for bad in [json!([2, 2]), json!([0, 0]), json!([0]), json!("0,1"), json!([-1, 2])] {
+            assert_eq!(identify_shard(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_shard_gets_its_guilds_events_numbered_on_their_own() {
+        let on = |g: u64| ("MESSAGE_CREATE", json!({ "guild_id": g.to_string() }));
+        // Guild 1 << 22 is on shard 1 of 2, guild 2 << 22 on shard 0; no guild: shard 0.
+        let events = vec![on(1 << 22), on(2 << 22), on(1 << 22), ("X", json!({})), on(1 << 22)];
+        let shard1 = ShardOf { id: 1, count: 2 };
+        let shard0 = ShardOf { id: 0, count: 2 };
+        assert_eq!(events.iter().filter(|(_, d)| shard1.gets(d)).count(), 3);
+        assert_eq!(events.iter().filter(|(_, d)| shard0.gets(d)).count(), 2);
+        // Shard 1 resumed after sequence 3 (READY, then its first two events): next is event 4.
+        let s = Session::resumed(&events, 0, shard1, 3);
+        assert_eq!((s.next, s.next_seq()), (3, 4));
+        let s = Session::resumed(&events, 0, shard0, 1);
+        assert_eq!((s.next, s.next_seq()), (0, 2));
+    }
 }

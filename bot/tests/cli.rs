@@ -86,7 +86,7 @@ fn schema_prints_head_and_backward_compatible_versions_as_json() {
         .collect();
     let head = files.iter().map(|f| f[..4].parse::<i64>().unwrap()).max().unwrap();
     assert_eq!(v["head"], head);
-    assert_eq!(v["backward_compatible"], serde_json::json!([2, 3, 4]));
+    assert_eq!(v["backward_compatible"], serde_json::json!([2, 3, 4, 5]));
 }
 
 #[test]

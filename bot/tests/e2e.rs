@@ -14,7 +14,7 @@ async fn user_message_is_stored_answered_and_audited_in_the_dream_channel() {
     let health = s.bot.wait_healthy().await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["sha"], "0123456789abcdef0123456789abcdef01234567");
-    assert_eq!(health["schema_version"], 4);
+    assert_eq!(health["schema_version"], 5);
     assert_eq!(health["gateway"], "connected");
 
     let id = s.discord.say("hello lattice", 1).await;
@@ -75,7 +75,7 @@ async fn user_message_is_stored_answered_and_audited_in_the_dream_channel() {
         "{}",
         replies[0].content
     );
-    assert!(replies[0].content.contains("schema 4"), "{}", replies[0].content);
+    assert!(replies[0].content.contains("schema 5"), "{}", replies[0].content);
 
     // Metrics count what happened.
     let metrics = s.bot.metrics().await;
@@ -184,7 +184,7 @@ async fn postgres_restarted_under_a_running_bot() {
     s.pg.start_again();
     s.pg.wait_ready().await;
     let health = s.bot.wait_healthy().await;
-    assert_eq!(health["schema_version"], 4);
+    assert_eq!(health["schema_version"], 5);
     let (replies, _) = s.discord.answered(&id).await;
     assert_eq!(replies.len(), 1);
     let pool = s.pg.pool().await;

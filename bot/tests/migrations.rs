@@ -49,12 +49,13 @@ async fn migrate_is_idempotent_and_prints_what_it_applied() {
         out.contains("applied 0001 init")
             && out.contains("applied 0002 gateway session")
             && out.contains("applied 0003 message kind")
-            && out.contains("applied 0004 reply leases"),
+            && out.contains("applied 0004 reply leases")
+            && out.contains("applied 0005 shards"),
         "{out}"
     );
     let second = pg.migrate();
     assert!(second.status.success(), "{}", text(&second));
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 4");
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "up to date at 5");
     assert!(!text(&first).contains(PG_PASSWORD));
 }
 
@@ -80,9 +81,10 @@ async fn two_concurrent_migrates_apply_each_migration_once() {
     assert_eq!(both.matches("applied 0002").count(), 1, "{both}");
     assert_eq!(both.matches("applied 0003").count(), 1, "{both}");
     assert_eq!(both.matches("applied 0004").count(), 1, "{both}");
+    assert_eq!(both.matches("applied 0005").count(), 1, "{both}");
     let pool = pg.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

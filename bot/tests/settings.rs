@@ -2,7 +2,7 @@
 //! setting cannot be forgotten there. (That .env.example names it is checked with every other
 //! variable the code reads, by the xtask's `env_example_names_exactly_what_the_code_reads`.)
 
-use lattice_bot::config::SETTINGS;
+use lattice_bot::config::{FILE_SUFFIX, SECRET_VARS, SETTINGS};
 
 /// Settings compose does not pass through from `.env`, and why.
 const SET_ELSEWHERE: &[(&str, &str)] = &[
@@ -10,6 +10,7 @@ const SET_ELSEWHERE: &[(&str, &str)] = &[
     ("POSTGRES_PORT", "Postgres listens on its default port inside the compose network"),
     ("HTTP_PORT", "the image's health check probes the default port"),
     ("LATTICE_GIT_SHA", "the image carries it (Dockerfile ENV)"),
+    ("SHARD_SLOT", "compose/swarm.yml sets it from Swarm's task slot"),
 ];
 
 fn project_file(name: &str) -> String {
@@ -17,9 +18,9 @@ fn project_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// The variable names under `services.bot.environment` of compose/base.yml.
-fn base_bot_environment() -> Vec<String> {
-    let text = project_file("compose/base.yml");
+/// The variable names under `services.bot.environment` of a compose file.
+fn bot_environment(file: &str) -> Vec<String> {
+    let text = project_file(file);
     let mut names = Vec::new();
     let mut in_bot = false;
     let mut in_env = false;
@@ -33,7 +34,7 @@ fn base_bot_environment() -> Vec<String> {
             in_bot = trimmed == "bot:";
             in_env = false;
         } else if in_bot && indent == 4 {
-            in_env = trimmed == "environment:";
+            in_env = trimmed == "environment:" || trimmed == "environment: !override";
         } else if in_bot && in_env {
             if let Some(item) = trimmed.strip_prefix("- ") {
                 names.push(item.split('=').next().unwrap().trim().to_owned());
@@ -45,7 +46,7 @@ fn base_bot_environment() -> Vec<String> {
 
 #[test]
 fn compose_passes_every_bot_setting() {
-    let passed = base_bot_environment();
+    let passed = bot_environment("compose/base.yml");
     assert!(passed.contains(&"DISCORD_TOKEN".to_owned()), "parsed nothing sensible: {passed:?}");
     let missing: Vec<&str> = SETTINGS
         .iter()
@@ -57,4 +58,20 @@ fn compose_passes_every_bot_setting() {
         missing.is_empty(),
         "compose/base.yml does not pass {missing:?} to the bot: add them to its environment"
     );
+}
+
+#[test]
+fn the_swarm_overlay_passes_every_setting_and_each_secret_as_a_file() {
+    let passed = bot_environment("compose/swarm.yml");
+    let missing: Vec<String> = SETTINGS
+        .iter()
+        .copied()
+        .filter(|s| !SET_ELSEWHERE.iter().any(|(n, _)| n == s) || *s == "SHARD_SLOT")
+        .filter(|s| *s != "SHARD_ID" && *s != "DATABASE_URL")
+        .map(|s| if SECRET_VARS.contains(&s) { format!("{s}{FILE_SUFFIX}") } else { s.to_owned() })
+        .filter(|s| !passed.contains(s))
+        .collect();
+    assert!(missing.is_empty(), "compose/swarm.yml does not pass {missing:?} to the bot: add them");
+    let leaked: Vec<&String> = passed.iter().filter(|p| SECRET_VARS.contains(&p.as_str())).collect();
+    assert!(leaked.is_empty(), "compose/swarm.yml passes secrets {leaked:?} as values: give them as files");
 }

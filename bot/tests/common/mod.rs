@@ -282,6 +282,16 @@ impl Discord {
         v["id"].as_str().unwrap().to_owned()
     }
 
+    /// Posts a message as `author` in `channel` of `guild`; returns its id.
+    pub async fn say_in(&self, guild: u64, channel: u64, author: &str, content: &str) -> String {
+        let body = json!({
+            "content": content, "author": author,
+            "guild_id": guild.to_string(), "channel_id": channel.to_string(),
+        });
+        let v = self.control_json("messages", body).await;
+        v["id"].as_str().unwrap().to_owned()
+    }
+
     /// Sends `body` to the stand-in's `/control/<action>`.
     pub async fn control_json(&self, action: &str, body: Value) -> Value {
         let resp =
