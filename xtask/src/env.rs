@@ -36,6 +36,7 @@ pub const OPTIONAL_APP_VARS: &[&str] = &[
     "LATTICE_NOTIFY_WEBHOOK",
     "ALERT_AFTER_SECS",
     "RUST_LOG",
+    "SHARD_COUNT",
 ];
 
 /// The app variables a server's `.env` must hold when it sets `LLM_PROVIDER` to `provider` (unset:
@@ -357,6 +358,11 @@ mod tests {
         ("LATTICE_GIT_SHA", "the image carries it"),
         ("LATTICE_DEV_BUILD", "set by `cargo xtask dev` for Compose"),
         ("BOT_IMAGE", "each release's release.env on the server"),
+        ("LATTICE_BOT_REPLICAS", "set by cargo xtask when it renders a swarm stack"),
+        ("LATTICE_SECRET_DISCORD_TOKEN", "each swarm release's secrets.env: a Docker secret's name"),
+        ("LATTICE_SECRET_OPENROUTER_API_KEY", "each swarm release's secrets.env: a Docker secret's name"),
+        ("LATTICE_SECRET_POSTGRES_PASSWORD", "each swarm release's secrets.env: a Docker secret's name"),
+        ("LATTICE_SECRET_NOTIFY_WEBHOOK", "each swarm release's secrets.env: a Docker secret's name"),
         ("STANDIN_GUILD_ID", "the local stand-in's ids, its built-in world by default"),
         ("STANDIN_MAIN_CHANNEL_ID", "the local stand-in's ids, its built-in world by default"),
         ("STANDIN_DREAM_CHANNEL_ID", "the local stand-in's ids, its built-in world by default"),

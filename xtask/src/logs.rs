@@ -21,6 +21,9 @@ impl flags::Logs {
         if !self.server {
             return plan.run(Stack::dev(project).cmd().args(&args));
         }
+        if project.settings.swarm() {
+            return crate::swarm::logs(plan, project, self.tail, self.follow);
+        }
         let server = Server::open(plan, project, Vec::new())?;
         let Some(sha) = server.current()? else { bail!("nothing is deployed on the server yet") };
         server.run(server.layout.compose(&sha, &args))

@@ -27,6 +27,7 @@ mod sandbox;
 mod secrets;
 mod settings;
 mod status;
+mod swarm;
 mod temp;
 mod watch;
 

@@ -24,6 +24,9 @@ impl flags::Migrate {
         if !self.server {
             return plan.run(Stack::dev(project).cmd().args(["run", "--rm", "--no-TTY", "bot", "migrate"]));
         }
+        if project.settings.swarm() {
+            return crate::swarm::migrate(plan, project);
+        }
         let server = Server::open(plan, project, Vec::new())?;
         server.require_app_env()?;
         let _lock = server.lock(&format!("{} migrate", who(&project.env)), None)?;

@@ -74,6 +74,23 @@ impl<'a> Plan<'a> {
         self.steps.borrow().clone()
     }
 
+    /// Asserts that each of `needles` is in a step at or after the previous one's, and that no
+    /// step shows one of `secrets`. For unit tests of a command's plan.
+    #[cfg(test)]
+    pub fn assert_steps(&self, needles: &[&str], secrets: &[&str]) {
+        let steps = self.steps();
+        let text = steps.join("\n");
+        let mut at = 0;
+        for needle in needles {
+            let found = steps[at..].iter().position(|s| s.contains(needle));
+            assert!(found.is_some(), "{needle:?} missing after step {at} in:\n{text}");
+            at += found.unwrap();
+        }
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} leaked into the plan:\n{text}");
+        }
+    }
+
     /// A line of commentary in the plan (`# …`), so a printed plan reads as a story.
     pub fn note(&self, text: &str) {
         self.steps.borrow_mut().push(format!("# {text}"));

@@ -49,6 +49,17 @@ impl flags::Rollback {
         started: Instant,
         chosen: &mut Option<String>,
     ) -> Result<()> {
+        if project.settings.swarm() {
+            return crate::swarm::rollback(
+                plan,
+                project,
+                self.sha.as_deref(),
+                self.lock_wait,
+                self.force,
+                started,
+                chosen,
+            );
+        }
         let mut steps = Steps::since(plan, started);
         let mut problems = Vec::new();
         if let Some(sha) = &self.sha {
@@ -100,7 +111,7 @@ impl flags::Rollback {
 
 /// The release to go back to: `--sha` (a unique prefix of a release on the server), or the newest
 /// good one in the history other than `current`.
-fn pick_target(
+pub(crate) fn pick_target(
     sha: Option<&str>,
     current: Option<&str>,
     lines: &[history::Line],
@@ -142,7 +153,7 @@ fn pick_target(
 
 /// Refuses a rollback whose image is older than the database schema, unless every newer applied
 /// migration is declared backward-compatible by the current image, or `force`.
-fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Result<()> {
+pub(crate) fn schema_check(server: &Server, target: &str, current: &str, force: bool) -> Result<()> {
     let schema = server.schema(target, LABEL_HEAD, current, LABEL_COMPATIBLE)?;
     let (head, compatible) = (schema.head, schema.compatible);
     let applied = match schema.applied {

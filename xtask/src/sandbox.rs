@@ -24,7 +24,13 @@
 //!
 //!     `down` removes everything `up` made: the sandbox's containers, volumes and network, the
 //!     images of 127.0.0.1:<registry port>/lattice-bot and the stand-in's, the two processes, the deploy
-//!     directory, DIR, and the user when `up` created it. Running it again changes nothing.
+//!     directory, DIR, and the user when `up` created it (unless another sandbox still logs in as
+//!     it). Running it again changes nothing.
+//!
+//!     A DIR other than the default names its sandbox apart: the deploy directory, compose
+//!     project, stand-in (container and image, `<name>-standin`) and authorized key file are
+//!     `lattice-sandbox-<hash of DIR>` rather than `lattice-sandbox`, so that two sandboxes on
+//!     other ports run side by side (the end-to-end tests' lanes do).
 //!
 //!     Nothing is pulled: the stand-in runs from the image built here (RUST_IMAGE as for `image
 //!     build`), Postgres from POSTGRES_IMAGE when set (CI's local images). The end-to-end deploy
@@ -47,12 +53,12 @@ use crate::{
     settings::Settings,
 };
 
-/// The deploy directory, compose project and stand-in container's name.
+/// The default sandbox's deploy directory and compose project; its stand-in is `<NAME>-standin`.
 pub const NAME: &str = "lattice-sandbox";
+/// The default `--dir`.
+const DEFAULT_DIR: &str = "target/sandbox";
 /// The server's user when the sandbox is made by root.
 pub const DEDICATED_USER: &str = "lattice-deploy";
-/// The stand-in's container and image.
-const STANDIN: &str = "lattice-sandbox-standin";
 /// sshd re-executes itself and insists on an absolute path.
 const SSHD: &str = "/usr/sbin/sshd";
 /// Marks that `up` created the dedicated user, so that `down` removes it.
@@ -73,7 +79,11 @@ const APP_ENV: &[(&str, &str)] = &[
 
 impl flags::Sandbox {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
-        let mut sandbox = Sandbox::new(plan, project.root.join(&self.dir))?;
+        let dir = project.root.join(&self.dir);
+        let mut sandbox = Sandbox::new(plan, dir.clone())?;
+        if dir != project.root.join(DEFAULT_DIR) {
+            sandbox.name = named_apart(&dir);
+        }
         sandbox.ssh_port = self.ssh_port;
         sandbox.registry = format!("127.0.0.1:{}", self.registry_port);
         match self.action {
@@ -92,17 +102,41 @@ struct Sandbox<'p, 'a> {
     ssh_port: u16,
     /// `127.0.0.1:<port>`: where the registry listens, the image repository under it.
     registry: String,
+    /// Deploy directory and compose project; the stand-in is `<name>-standin`.
+    name: String,
 }
 
 impl<'p, 'a> Sandbox<'p, 'a> {
     fn new(plan: &'p Plan<'a>, dir: PathBuf) -> Result<Sandbox<'p, 'a>> {
         let root = plan.read_fact(Cmd::of("id -u"))? == "0";
         let user = if root { DEDICATED_USER.to_string() } else { plan.read_fact(Cmd::of("id -un"))? };
-        Ok(Sandbox { plan, dir, root, user, ssh_port: 2222, registry: "127.0.0.1:5000".into() })
+        Ok(Sandbox {
+            plan,
+            dir,
+            root,
+            user,
+            ssh_port: 2222,
+            registry: "127.0.0.1:5000".into(),
+            name: NAME.into(),
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The stand-in's container and image.
+    fn standin(&self) -> String {
+        format!("{}-standin", self.name)
+    }
+
+    /// The user's authorized key file (in its home) when the sandbox is run by root.
+    fn key_file(&self) -> String {
+        if self.name == NAME {
+            ".ssh/authorized_keys".into()
+        } else {
+            format!(".ssh/authorized_keys.{}", self.name)
+        }
     }
 
     fn registry_port(&self) -> u16 {
@@ -185,8 +219,13 @@ impl<'p, 'a> Sandbox<'p, 'a> {
             return Ok(PathBuf::from(plan.read_fact(Cmd::of("sh -c").arg("echo \"$HOME\""))?));
         }
         if !plan.check(Cmd::of("id -u").arg(user))? || plan.is_dry_run() {
-            plan.run(Cmd::of("useradd --create-home --shell /bin/sh --groups docker").arg(user))?;
-            write(plan, &self.path(MADE_USER), "")?;
+            let made = plan.run(Cmd::of("useradd --create-home --shell /bin/sh --groups docker").arg(user));
+            match made {
+                Ok(()) => write(plan, &self.path(MADE_USER), "")?,
+                // A sandbox beside may have made it meanwhile: then it is that one's to remove.
+                Err(e) if !plan.check(Cmd::of("id -u").arg(user))? => return Err(e),
+                Err(_) => {}
+            }
         }
         // `*`, not the `!` useradd leaves: a locked account may not log in even by key.
         plan.run(Cmd::of("usermod --append --groups docker --password *").arg(user))?;
@@ -232,7 +271,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
                 Cmd::of("install -m 0600 -o")
                     .arg(&owner)
                     .arg(self.path("client_key.pub"))
-                    .arg(ssh.join("authorized_keys")),
+                    .arg(home.join(self.key_file())),
             )?;
         }
         Ok(())
@@ -240,7 +279,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
 
     fn authorized_keys(&self) -> String {
         if self.root {
-            ".ssh/authorized_keys".into()
+            self.key_file()
         } else {
             self.path("client_key.pub").display().to_string()
         }
@@ -314,20 +353,21 @@ impl<'p, 'a> Sandbox<'p, 'a> {
     fn ensure_standin(&self, project: &Project) -> Result<String> {
         let plan = self.plan;
         let addr_file = self.path("standin.addr");
-        let running = plan.probe(Cmd::of("docker inspect --format {{.State.Running}}").arg(STANDIN));
+        let standin = self.standin();
+        let running = plan.probe(Cmd::of("docker inspect --format {{.State.Running}}").arg(&standin));
         if let (Some("true"), Ok(addr)) = (running.as_deref(), std::fs::read_to_string(&addr_file)) {
             plan.note(&format!("the Discord stand-in is running on {}", addr.trim()));
             return Ok(addr.trim().to_string());
         }
-        plan.cleanup(Cmd::of("docker rm --force").arg(STANDIN));
-        if !plan.check(Cmd::of("docker image inspect --format {{.Id}}").arg(STANDIN))? || plan.is_dry_run() {
+        plan.cleanup(Cmd::of("docker rm --force").arg(&standin));
+        if !plan.check(Cmd::of("docker image inspect --format {{.Id}}").arg(&standin))? || plan.is_dry_run() {
             plan.note("the stand-in runs from the bot image: building it from the work tree");
             let build = self.project(project, &[]);
             let build_opts = ImageOpts { allow_dirty: true };
             flags::Image { action: ImageAction::Build(build_opts) }.run(plan, &build)?;
             let sha = plan.read_fact(Cmd::of("git rev-parse HEAD"))?;
             let (sha_ref, latest) = (format!("{}:{sha}", self.image()), format!("{}:latest", self.image()));
-            plan.run(Cmd::of("docker tag").arg(&sha_ref).arg(STANDIN))?;
+            plan.run(Cmd::of("docker tag").arg(&sha_ref).arg(&standin))?;
             plan.run(Cmd::of("docker rmi --no-prune").arg(sha_ref).arg(latest))?;
         }
         let bridge = plan.read_fact(Cmd::of("ip -4 -o addr show dev docker0")).unwrap_or_default();
@@ -337,8 +377,8 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         let addr = format!("{ip}:{port}");
         plan.run(
             Cmd::of("docker run --detach --network host --name")
-                .arg(STANDIN)
-                .arg(STANDIN)
+                .arg(&standin)
+                .arg(&standin)
                 .args(["discord-standin", "--listen"])
                 .arg(&addr),
         )?;
@@ -347,7 +387,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
             let start = Instant::now();
             while TcpStream::connect(&addr).is_err() {
                 if start.elapsed() > Duration::from_secs(20) {
-                    bail!("the Discord stand-in does not listen on {addr} after 20 s: see `docker logs {STANDIN}`");
+                    bail!("the Discord stand-in does not listen on {addr} after 20 s: see `docker logs {standin}`");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -365,8 +405,8 @@ impl<'p, 'a> Sandbox<'p, 'a> {
             ("SSH_USER", self.user.clone()),
             ("SSH_KNOWN_HOSTS", format!("[127.0.0.1]:{} {}", self.ssh_port, host_key.join(" "))),
             ("LATTICE_IMAGE", self.image()),
-            ("LATTICE_DEPLOY_PATH", NAME.into()),
-            ("LATTICE_COMPOSE_PROJECT", NAME.into()),
+            ("LATTICE_DEPLOY_PATH", self.name.clone()),
+            ("LATTICE_COMPOSE_PROJECT", self.name.clone()),
             ("DISCORD_API_URL", format!("http://{discord}")),
             ("DISCORD_GATEWAY_URL", format!("ws://{discord}")),
         ]
@@ -385,8 +425,8 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         }
         let settings = Settings {
             image: self.image(),
-            deploy_path: NAME.into(),
-            compose_project: NAME.into(),
+            deploy_path: self.name.clone(),
+            compose_project: self.name.clone(),
             ..project.settings.clone()
         };
         Project { root: project.root.clone(), env: vars, settings }
@@ -405,13 +445,14 @@ impl<'p, 'a> Sandbox<'p, 'a> {
 
     fn down(&self) -> Result<()> {
         let plan = self.plan;
-        let project_label = format!("label=com.docker.compose.project={NAME}");
+        let project_label = format!("label=com.docker.compose.project={}", self.name);
         let containers = plan.read(Cmd::of("docker ps --all --quiet --filter").arg(&project_label))?;
         let containers: Vec<&str> = containers.split_whitespace().collect();
         if !containers.is_empty() && !plan.is_dry_run() {
             plan.cleanup(Cmd::of("docker rm --force --volumes").args(containers));
         }
-        plan.cleanup(Cmd::of("docker rm --force --volumes").arg(STANDIN));
+        let standin = self.standin();
+        plan.cleanup(Cmd::of("docker rm --force --volumes").arg(&standin));
         let volumes = plan.read(Cmd::of("docker volume ls --quiet --filter").arg(&project_label))?;
         let volumes: Vec<&str> = volumes.split_whitespace().collect();
         if !volumes.is_empty() && !plan.is_dry_run() {
@@ -434,7 +475,7 @@ impl<'p, 'a> Sandbox<'p, 'a> {
                 .arg(image),
         )?;
         let mut images: Vec<&str> = listed.lines().filter_map(image_ref).collect();
-        images.push(STANDIN);
+        images.push(&standin);
         if !plan.is_dry_run() {
             // The build cache stays: --no-prune keeps the parent layers.
             plan.cleanup(Cmd::of("docker rmi --no-prune").args(images));
@@ -450,22 +491,32 @@ impl<'p, 'a> Sandbox<'p, 'a> {
             }
         }
         let made_user = self.root && self.path(MADE_USER).exists();
-        if made_user {
-            plan.cleanup(Cmd::of("userdel --remove").arg(&self.user));
+        let home = plan.read_fact(Cmd::of("sh -c").arg("echo \"$HOME\""));
+        let home = if self.root {
+            let entry = plan.read_fact(Cmd::of("getent passwd").arg(&self.user)).unwrap_or_default();
+            entry.split(':').nth(5).unwrap_or_default().to_string()
         } else {
-            let home = plan.read_fact(Cmd::of("sh -c").arg("echo \"$HOME\""));
-            let home = if self.root {
-                let entry = plan.read_fact(Cmd::of("getent passwd").arg(&self.user)).unwrap_or_default();
-                entry.split(':').nth(5).unwrap_or_default().to_string()
-            } else {
-                home?
-            };
-            if !home.is_empty() {
-                plan.cleanup(Cmd::of("rm -rf").arg(Path::new(&home).join(NAME)));
-                if self.root {
-                    plan.cleanup(Cmd::of("rm -f").arg(Path::new(&home).join(".ssh/authorized_keys")));
-                }
+            home?
+        };
+        let mut shared = false;
+        if !home.is_empty() {
+            plan.cleanup(Cmd::of("rm -rf").arg(Path::new(&home).join(&self.name)));
+            if self.root {
+                plan.cleanup(Cmd::of("rm -f").arg(Path::new(&home).join(self.key_file())));
+                // Another sandbox's key: that sandbox still logs in as the user.
+                let own = Path::new(&self.key_file()).file_name().map(|n| n.to_os_string());
+                shared = std::fs::read_dir(Path::new(&home).join(".ssh")).is_ok_and(|entries| {
+                    entries.flatten().any(|e| {
+                        e.file_name().to_string_lossy().starts_with("authorized_keys")
+                            && Some(e.file_name()) != own
+                    })
+                });
             }
+        }
+        if made_user && !shared {
+            plan.cleanup(Cmd::of("userdel --remove").arg(&self.user));
+        } else if made_user {
+            plan.note(&format!("the user {} stays: another sandbox logs in as it", self.user));
         }
         plan.cleanup(Cmd::of("rm -rf").arg(&self.dir));
         if !plan.is_dry_run() {
@@ -473,6 +524,16 @@ impl<'p, 'a> Sandbox<'p, 'a> {
         }
         Ok(())
     }
+}
+
+/// `lattice-sandbox-<8 hex digits>`: a name of its own for the sandbox in `dir` (FNV-1a of its path).
+fn named_apart(dir: &Path) -> String {
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{NAME}-{:08x}", hash >> 32)
 }
 
 /// `export NAME='value'` lines; the private key is read from its file by the shell.
@@ -557,6 +618,14 @@ mod tests {
              export SSH_PRIVATE_KEY=\"$(cat '/tmp/sand box/client_key')\"\n\
              unset REGISTRY_USER REGISTRY_PASSWORD\n"
         );
+    }
+
+    #[test]
+    fn a_sandbox_in_another_directory_has_names_of_its_own() {
+        let (a, b) = (named_apart(Path::new("/tmp/one/sandbox")), named_apart(Path::new("/tmp/two/sandbox")));
+        assert_ne!(a, b);
+        assert_eq!(a, named_apart(Path::new("/tmp/one/sandbox")));
+        assert!(a.starts_with("lattice-sandbox-") && a.len() == "lattice-sandbox-".len() + 8, "{a}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Settings {
     /// Database snapshots kept on the server (`<deploy_path>/snapshots`), newest first: one is
     /// taken before a deploy applies migrations, and by `cargo xtask backup`.
     pub snapshots_kept: usize,
+    /// What deploy, rollback, status, logs and migrate drive: `server` (one server, Compose) or
+    /// `swarm` (a Docker Swarm stack, one bot replica per shard). Env: LATTICE_TARGET.
+    pub target: String,
 }
 
 impl Default for Settings {
@@ -35,11 +38,17 @@ impl Default for Settings {
             health_timeout_secs: 90,
             releases_kept: 5,
             snapshots_kept: 3,
+            target: "server".into(),
         }
     }
 }
 
 impl Settings {
+    /// Deploys go to a Docker Swarm stack (`target = "swarm"`).
+    pub fn swarm(&self) -> bool {
+        self.target == "swarm"
+    }
+
     pub fn load(root: &Path, env: &Env) -> Result<Settings> {
         let path = root.join("Cargo.toml");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -58,6 +67,10 @@ impl Settings {
                 anyhow::anyhow!("LATTICE_HEALTH_TIMEOUT_SECS={secs:?} is not a number of seconds")
             })?;
             from_env.push("health_timeout_secs");
+        }
+        if let Some(target) = env.get("LATTICE_TARGET") {
+            settings.target = target.to_string();
+            from_env.push("target");
         }
         if let Some(compose_project) = env.get("LATTICE_COMPOSE_PROJECT") {
             settings.compose_project = compose_project.to_string();
@@ -134,6 +147,12 @@ impl Settings {
             return Err(bad(
                 "compose_project",
                 "must be lowercase letters, digits, - and _ (a compose project name)",
+            ));
+        }
+        if !matches!(self.target.as_str(), "server" | "swarm") {
+            return Err(bad(
+                "target",
+                "must be `server` (one server, Compose) or `swarm` (a Docker Swarm stack)",
             ));
         }
         if self.health_timeout_secs == 0 {
@@ -226,6 +245,10 @@ mod tests {
         );
         let env = Env::from_pairs([("LATTICE_DEPLOY_PATH", "~/x")]);
         assert_eq!(Settings::load(&root, &env).unwrap().deploy_path, "x");
+        let env = Env::from_pairs([("LATTICE_TARGET", "k8s")]);
+        let err = Settings::load(&root, &env).unwrap_err().to_string();
+        assert!(err.starts_with("LATTICE_TARGET (set in the environment"), "{err}");
+        assert!(Settings::load(&root, &Env::from_pairs([("LATTICE_TARGET", "swarm")])).unwrap().swarm());
         let env = Env::from_pairs([("LATTICE_COMPOSE_PROJECT", "Lattice")]);
         let err = Settings::load(&root, &env).unwrap_err().to_string();
         assert!(err.starts_with("LATTICE_COMPOSE_PROJECT (set in the environment"), "{err}");

@@ -63,6 +63,9 @@ struct Entry {
 
 impl flags::Status {
     pub fn run(self, plan: &Plan, project: &Project) -> Result<()> {
+        if project.settings.swarm() {
+            return crate::swarm::status(plan, project, self.history, self.json);
+        }
         let server = Server::open(plan, project, Vec::new())?;
         let now = server.current()?;
         let lines = server.history()?;

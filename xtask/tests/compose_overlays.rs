@@ -128,3 +128,98 @@ fn the_discord_standin_exists_only_in_its_dev_overlay() {
     assert!(prod["services"].get("discord").is_none());
     assert!(prod["services"]["bot"]["environment"].get("DISCORD_API_URL").is_none_or(|v| v.is_null()));
 }
+
+/// Secrets in the manager's `.env`: none may reach the rendered stack file.
+const SWARM_SECRETS: &[(&str, &str)] = &[
+    ("DISCORD_TOKEN", "swarm-discord-token-Qa19"),
+    ("OPENROUTER_API_KEY", "swarm-openrouter-key-Wb28"),
+    ("POSTGRES_PASSWORD", "swarm-postgres-pass-Ec37"),
+];
+
+/// Renders the swarm stack as `cargo xtask` does on the manager (xtask/src/swarm/render.sh), in a
+/// deploy directory of its own; returns the file's text and the file.
+fn render_swarm(replicas: Option<&str>) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "lattice-swarm-render-{}-{}",
+        std::process::id(),
+        replicas.unwrap_or("n")
+    ));
+    let release = dir.join("releases/abc1234");
+    std::fs::create_dir_all(&release).unwrap();
+    for (from, to) in [("base.yml", "base.yml"), ("prod.yml", "prod.yml"), ("swarm.yml", "swarm.yml")] {
+        std::fs::copy(root().join("compose").join(from), release.join(to)).unwrap();
+    }
+    let mut env: String = SWARM_SECRETS.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    env.push_str(
+        "SHARD_COUNT=2\nDISCORD_GUILD_ID=1,2\nDISCORD_MAIN_CHANNEL_ID=10,20\nLLM_PROVIDER=placeholder\n",
+    );
+    std::fs::write(dir.join(".env"), env).unwrap();
+    std::fs::write(release.join("release.env"), "BOT_IMAGE=registry.example/lattice-bot:abc1234\n").unwrap();
+    std::fs::write(
+        release.join("secrets.env"),
+        "LATTICE_SECRET_DISCORD_TOKEN=lattice_discord_token_0a1b\nLATTICE_SECRET_POSTGRES_PASSWORD=lattice_postgres_password_2c3d\n\
+         LATTICE_SECRET_OPENROUTER_API_KEY=lattice_openrouter_api_key_4e5f\nLATTICE_SECRET_NOTIFY_WEBHOOK=lattice_notify_webhook_6a7b\n",
+    )
+    .unwrap();
+    let script = root().join("xtask/src/swarm/render.sh");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(&dir).arg(&script).args(["lattice", "releases/abc1234", "stack.yml"]);
+    cmd.args(replicas);
+    for name in ["BOT_IMAGE", "DISCORD_TOKEN", "COMPOSE_PROFILES", "SHARD_COUNT", "LATTICE_BOT_REPLICAS"] {
+        cmd.env_remove(name);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "render.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.join("stack.yml");
+    (std::fs::read_to_string(&file).unwrap(), file, dir)
+}
+
+#[test]
+fn the_swarm_stack_file_is_what_docker_stack_deploy_takes_one_bot_per_shard_and_holds_no_secret() {
+    let (text, file, dir) = render_swarm(None);
+    for (name, value) in SWARM_SECRETS {
+        assert!(!text.contains(value), "{name}'s value is in the rendered stack file:\n{text}");
+    }
+    // The stack format's own loader accepts it (no swarm needed to check).
+    let stack = Command::new("docker").args(["stack", "config", "-c"]).arg(&file).output().unwrap();
+    assert!(
+        stack.status.success(),
+        "docker stack config refused it: {}",
+        String::from_utf8_lossy(&stack.stderr)
+    );
+    let config = merged(&[file.to_str().unwrap()], &[]);
+    let bot = &config["services"]["bot"];
+    for key in ["build", "container_name", "restart", "depends_on", "pull_policy"] {
+        assert!(
+            bot.get(key).is_none(),
+            "the bot still has `{key}`, which docker stack deploy rejects or ignores"
+        );
+    }
+    let deploy = &bot["deploy"];
+    assert_eq!(deploy["replicas"], 2, "one replica per shard");
+    assert_eq!(deploy["update_config"]["order"], "start-first", "the new task stands by first");
+    assert_eq!(deploy["update_config"]["failure_action"], "rollback");
+    let env = &bot["environment"];
+    assert_eq!(env["SHARD_SLOT"], "{{.Task.Slot}}");
+    assert_eq!(env["SHARD_COUNT"], "2");
+    assert_eq!(env["DISCORD_GUILD_ID"], "1,2");
+    assert_eq!(env["DISCORD_TOKEN_FILE"], "/run/secrets/discord_token");
+    assert!(env.get("DISCORD_TOKEN").is_none() && env.get("POSTGRES_PASSWORD").is_none(), "{env}");
+    assert_eq!(config["secrets"]["discord_token"]["name"], "lattice_discord_token_0a1b");
+    assert_eq!(config["secrets"]["postgres_password"]["external"], true);
+    assert!(bot.get("healthcheck").is_none() || bot["healthcheck"]["disable"] != true, "health-gated");
+    let postgres = &config["services"]["postgres"];
+    assert_eq!(postgres["deploy"]["replicas"], 1);
+    assert_eq!(
+        postgres["deploy"]["placement"]["constraints"],
+        serde_json::json!(["node.labels.lattice.postgres == true"]),
+        "Postgres stays on the node with its volume"
+    );
+    assert_eq!(postgres["environment"]["POSTGRES_PASSWORD_FILE"], "/run/secrets/postgres_password");
+    assert!(postgres["environment"].get("POSTGRES_PASSWORD").is_none());
+    // A first deploy's stack: Postgres alone, no bot task yet.
+    let (_, first, first_dir) = render_swarm(Some("0"));
+    assert_eq!(merged(&[first.to_str().unwrap()], &[])["services"]["bot"]["deploy"]["replicas"], 0);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(first_dir);
+}
