@@ -42,14 +42,13 @@ use std::{
 };
 
 mod common;
-use common::{show, workspace};
+use common::{free_port, git, run, sandbox_down, sandbox_up, show, stdout, workspace};
+#[path = "common/standin.rs"]
+mod standin;
 
 #[path = "e2e_deploy/stream.rs"]
 mod stream;
 use stream::e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_and_crashes;
-
-/// The sandbox's Discord stand-in container (`cargo xtask sandbox`).
-const STANDIN: &str = "lattice-sandbox-standin";
 
 /// Distinctive fake secrets: if any of them shows up anywhere, it leaked.
 const SECRETS: &[(&str, &str)] = &[
@@ -57,53 +56,6 @@ const SECRETS: &[(&str, &str)] = &[
     ("OPENROUTER_API_KEY", "e2e-openrouter-key-Kp42mWd"),
     ("POSTGRES_PASSWORD", "e2e-postgres-pass-Hy77rTn"),
 ];
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
-    out
-}
-
-fn stdout(cmd: &mut Command) -> String {
-    String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
-}
-
-/// The sandbox's environment as a user gets it: `cargo xtask sandbox up` prints it, and a shell
-/// reads the file it names (`. <dir>/env`, which also reads the private key from its file).
-fn sandbox_up(dir: &Path, clone: &Path) -> Vec<(String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["sandbox", "up", "--dir"])
-        .arg(dir)
-        .args(moved_ports())
-        .current_dir(clone)
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cargo xtask sandbox up failed:\n{}", show(&out));
-    let printed = String::from_utf8_lossy(&out.stdout).to_string();
-    let env_file = dir.join("env");
-    assert!(
-        printed.contains(&format!(". {}", env_file.display())),
-        "up does not name its env file:\n{printed}"
-    );
-    let text = std::fs::read_to_string(&env_file).unwrap();
-    assert!(
-        printed.contains(&text),
-        "up printed another environment than {}:\n{printed}",
-        env_file.display()
-    );
-    let names: Vec<&str> =
-        text.lines().filter_map(|l| l.strip_prefix("export ")?.split('=').next()).collect();
-    assert!(names.contains(&"SSH_PRIVATE_KEY"), "no SSH_PRIVATE_KEY in {}:\n{text}", env_file.display());
-    let shell = run(Command::new("sh").args(["-c", ". \"$1\" && env -0", "sh"]).arg(&env_file).env_clear());
-    String::from_utf8_lossy(&shell.stdout)
-        .split('\0')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(k, _)| names.contains(k))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// `LATTICE_E2E_SSH_PORT` and `LATTICE_E2E_REGISTRY_PORT` move the sandbox off 2222 and 5000
 /// (to run beside another sandbox).
@@ -119,16 +71,6 @@ fn moved_ports() -> Vec<String> {
     args
 }
 
-fn sandbox_down(dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["sandbox", "down", "--dir"])
-        .arg(dir)
-        .current_dir(workspace())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn home_of(user: &str) -> PathBuf {
     let entry = stdout(Command::new("getent").args(["passwd", user]));
     PathBuf::from(entry.split(':').nth(5).unwrap())
@@ -141,6 +83,7 @@ struct Harness {
     deploy_path: String,
     project: String,
     image: String,
+    /// The sandbox's Discord stand-in, container and image: `<its compose project>-standin`.
     standin: String,
     env: Vec<(String, String)>,
     /// Every byte the xtask printed, for the secret scan.
@@ -165,6 +108,8 @@ impl Harness {
                 .arg(&clone));
         }
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+        let get_or_empty =
+            |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
         Harness {
             home: home_of(&get("SSH_USER")),
             image: get("LATTICE_IMAGE"),
@@ -173,7 +118,7 @@ impl Harness {
             dir,
             deploy_path: deploy_path.to_string(),
             project: project.to_string(),
-            standin: STANDIN.to_string(),
+            standin: format!("{}-standin", get_or_empty("LATTICE_COMPOSE_PROJECT")),
             env,
             transcript: String::new(),
             facts: BTreeMap::new(),
@@ -238,12 +183,7 @@ impl Harness {
     }
 
     fn git(&self, args: &[&str]) -> String {
-        stdout(
-            Command::new("git")
-                .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid"])
-                .args(args)
-                .current_dir(&self.clone),
-        )
+        git(&self.clone, args)
     }
 
     /// Another deploy's lock, held the way the xtask holds it: `flock` in an ssh session that lasts
@@ -518,11 +458,6 @@ impl Drop for Harness {
     }
 }
 
-/// A port nothing listens on (the OS's pick, at once released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Another deploy's lock (see [`Harness::hold_lock`]): released, by closing its session's stdin,
 /// when dropped — also when a scenario fails half-way, so the next one finds the lock free.
 struct HeldLock(Child);
@@ -546,7 +481,7 @@ fn fixture(base: &Path) -> (Harness, Vec<(String, String)>) {
     std::fs::create_dir_all(&clone_dir).unwrap();
     let clone = clone_dir.join("clone");
     run(Command::new("git").args(["clone", "--quiet", "--no-hardlinks"]).arg(workspace()).arg(&clone));
-    let printed = sandbox_up(&base.join("sandbox"), &clone);
+    let printed = sandbox_up(&base.join("sandbox"), &clone, &moved_ports());
     // This server's releases go to a directory and compose project of their own, beside the
     // sandbox's (which its own scenario uses).
     let env: Vec<(String, String)> =
@@ -560,6 +495,8 @@ fn fixture(base: &Path) -> (Harness, Vec<(String, String)>) {
     let image_a = format!("{}:{sha_a}", h.image);
     run(Command::new("docker").args(["rmi", "--no-prune", &image_a, &format!("{}:latest", h.image)]));
     h.app_env();
+    let project = printed.iter().find(|(k, _)| k == "LATTICE_COMPOSE_PROJECT").unwrap().1.clone();
+    h.standin = format!("{project}-standin");
     let wrong_key = std::fs::read_to_string(base.join("sandbox/client_key.pub")).unwrap();
     let wrong_key: Vec<&str> = wrong_key.split_whitespace().take(2).collect();
     h.facts.insert("wrong_key", format!("[127.0.0.1]:{} {}", h.env_var("SSH_PORT"), wrong_key.join(" ")));
@@ -1565,7 +1502,11 @@ fn e2e_no_secret_in_the_output_the_logs_or_the_servers_files(h: &mut Harness) {
 /// is checked once they are all done ([`the_sandbox_down_leaves_nothing`]).
 fn e2e_the_sandbox_takes_a_release_a_rollback_and_status(h: &mut Harness) {
     let sandbox = h.dir.parent().unwrap().join("sandbox");
-    assert_eq!(sandbox_up(&sandbox, &h.clone), h.env, "a second `sandbox up` changed the environment");
+    assert_eq!(
+        sandbox_up(&sandbox, &h.clone, &moved_ports()),
+        h.env,
+        "a second `sandbox up` changed the environment"
+    );
     // Commits of its own (a README line each, so the image builds come from the cache): the
     // scenarios beside must still find commit A's image only in the registry.
     let sha_a = readme_commit(h, "Tried in the sandbox.");
@@ -1615,13 +1556,15 @@ fn the_sandbox_down_leaves_nothing(sandbox: &Path, env: &[(String, String)]) {
     }
     assert!(!sandbox.exists(), "{} is left", sandbox.display());
     let label = format!("label=com.docker.compose.project={project}");
+    let standin = format!("{project}-standin");
+    let standin_name = format!("name=^{standin}$");
     for (what, args) in [
         ("containers", vec!["ps", "--all", "--quiet", "--filter", &label]),
-        ("containers", vec!["ps", "--all", "--quiet", "--filter", "name=^lattice-sandbox-standin$"]),
+        ("containers", vec!["ps", "--all", "--quiet", "--filter", &standin_name]),
         ("volumes", vec!["volume", "ls", "--quiet", "--filter", &label]),
         ("networks", vec!["network", "ls", "--quiet", "--filter", &label]),
         ("images", vec!["image", "ls", "--quiet", &image]),
-        ("images", vec!["image", "ls", "--quiet", STANDIN]),
+        ("images", vec!["image", "ls", "--quiet", &standin]),
     ] {
         let left = stdout(Command::new("docker").args(&args));
         if !left.is_empty() {

@@ -4,44 +4,22 @@
 //! serving bot and a session Discord refuses to resume.
 
 use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    io::Write,
+    net::TcpListener,
     process::Command,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{run, show, Harness, STANDIN};
+use super::{
+    run, show,
+    standin::{assert_answered_once, control, Stream},
+    Harness,
+};
 
 /// One message every 50 ms.
 const PACE: Duration = Duration::from_millis(50);
-
-/// A JSON request to the stand-in's control API (HTTP/1.1, one connection a request).
-fn control(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("{method} {path}: {answer:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{method} {path}: {head}"));
-    }
-    serde_json::from_str(body).map_err(|e| format!("{method} {path}: {e}: {body:?}"))
-}
 
 /// The Discord stand-in in a container of its own, on the docker0 address the sandbox's listens on.
 struct OwnStandin {
@@ -50,7 +28,8 @@ struct OwnStandin {
 }
 
 impl OwnStandin {
-    fn start(beside: &str) -> OwnStandin {
+    /// Runs the sandbox's stand-in `image`.
+    fn start(beside: &str, image: &str) -> OwnStandin {
         // `http://<docker0 address>:<port>`, as `sandbox up` printed it.
         let ip = beside.trim_start_matches("http://").rsplit_once(':').unwrap().0.to_string();
         let port = TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
@@ -59,7 +38,7 @@ impl OwnStandin {
             addr: format!("{ip}:{port}"),
         };
         run(Command::new("docker")
-            .args(["run", "--detach", "--network", "host", "--name", &standin.name, STANDIN])
+            .args(["run", "--detach", "--network", "host", "--name", &standin.name, image])
             .args(["discord-standin", "--listen", &standin.addr]));
         let start = Instant::now();
         while control(&standin.addr, "GET", "/control/state", None).is_err() {
@@ -96,18 +75,6 @@ impl OwnStandin {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-
-    /// Every reply in the main channel, by the message it answers.
-    fn replies(&self) -> BTreeMap<String, usize> {
-        let page = control(&self.addr, "GET", "/control/posted?after=0", None).unwrap();
-        let mut replies = BTreeMap::new();
-        for posted in page["messages"].as_array().unwrap() {
-            if let (Some(false), Some(to)) = (posted["dream"].as_bool(), posted["reply_to"].as_str()) {
-                *replies.entry(to.to_string()).or_insert(0) += 1;
-            }
-        }
-        replies
-    }
 }
 
 impl Drop for OwnStandin {
@@ -122,52 +89,6 @@ struct Sessions {
     resumes: u64,
     live: u64,
     max_live: u64,
-}
-
-/// Messages into the main channel every [`PACE`], from a thread, until stopped.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Vec<String>, Vec<String>)>>,
-}
-
-impl Stream {
-    fn start(addr: &str) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (flag, addr) = (stop.clone(), addr.to_string());
-        let thread = std::thread::spawn(move || {
-            let (mut sent, mut failed) = (Vec::new(), Vec::new());
-            let start = Instant::now();
-            for i in 0u32.. {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Some(wait) = (start + PACE * i).checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let body = json!({ "content": format!("stream message {i}"), "author": "streamer" });
-                match control(&addr, "POST", "/control/messages", Some(&body)) {
-                    Ok(answer) => sent.push(answer["id"].as_str().unwrap().to_string()),
-                    Err(e) => failed.push(format!("message {i}: {e}")),
-                }
-            }
-            (sent, failed)
-        });
-        Stream { stop, thread: Some(thread) }
-    }
-
-    /// The ids of the messages sent, once it has stopped.
-    fn stop(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let (sent, failed) = self.thread.take().unwrap().join().unwrap();
-        assert!(failed.is_empty(), "the stand-in refused messages of the stream: {failed:?}");
-        sent
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 /// How a step hands the gateway over.
@@ -189,7 +110,7 @@ enum Handover {
 /// and backfills. A deployment of its own beside the other scenarios' (its own deploy directory,
 /// compose project and stand-in); its releases are A's image retagged.
 pub fn e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_and_crashes(h: &mut Harness) {
-    let standin = OwnStandin::start(&h.env_var("DISCORD_API_URL"));
+    let standin = OwnStandin::start(&h.env_var("DISCORD_API_URL"), &h.standin);
     let mut env: Vec<(String, String)> = h
         .env
         .iter()
@@ -216,7 +137,11 @@ pub fn e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_a
     let sha_bad = never_standing_by(&s, &image_a);
     let timeout = [("LATTICE_HEALTH_TIMEOUT_SECS", "30")];
 
-    let stream = Stream::start(&standin.addr);
+    let stream = Stream::start(
+        &standin.addr,
+        PACE,
+        |i| json!({ "content": format!("stream message {i}"), "author": "streamer" }),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let mut before = first;
     let mut step = |what: &str, expect: Handover, act: &mut dyn FnMut(&mut Harness)| {
@@ -259,21 +184,7 @@ pub fn e2e_a_message_stream_is_answered_exactly_once_through_deploys_rollbacks_a
     std::thread::sleep(Duration::from_secs(2));
     let sent = stream.stop();
 
-    let start = Instant::now();
-    let mut replies = standin.replies();
-    while sent.iter().any(|id| !replies.contains_key(id)) && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(500));
-        replies = standin.replies();
-    }
-    let lost: Vec<&String> = sent.iter().filter(|id| !replies.contains_key(*id)).collect();
-    let twice: Vec<&String> = sent.iter().filter(|id| replies.get(*id).is_some_and(|n| *n > 1)).collect();
-    assert!(
-        lost.is_empty() && twice.is_empty(),
-        "of {} messages, {} never answered ({lost:?}) and {} answered more than once ({twice:?})",
-        sent.len(),
-        lost.len(),
-        twice.len()
-    );
+    assert_answered_once(&standin.addr, &sent);
     let end = standin.state();
     assert_eq!(end.max_live, 1, "two gateway sessions were live at once: {end:?}");
     println!("    {} messages, each answered once; sessions: {end:?}", sent.len());
