@@ -265,7 +265,7 @@ fn scenario(base: &Path, machine: &mut Machine) {
         let body = json!({ "content": "before the bot", "guild_id": guild, "channel_id": channel });
         control(&standin, "POST", "/control/messages", Some(&body)).unwrap();
     }
-    user.xtask_ok(&["secrets", "--allow-dev-settings"]);
+    user.xtask_ok(&["secrets", "--overwrite", "--allow-dev-settings"]);
     user.xtask_ok(&["deploy", "--sha", &sha_a]);
     user.assert_status(&sha_a, "deploy A");
     each_shard_serves(&standin, "deploy A");
@@ -307,7 +307,21 @@ fn scenario(base: &Path, machine: &mut Machine) {
 
     std::thread::sleep(Duration::from_secs(2));
     let sent = stream.stop();
-    assert_answered_once(&standin, &sent);
+    let answered = std::panic::catch_unwind(|| assert_answered_once(&standin, &sent));
+    if let Err(lost) = answered {
+        // What the shards said, before the stack is removed with the swarm.
+        let bot = format!("{}_bot", user.get("LATTICE_COMPOSE_PROJECT"));
+        let running =
+            docker(&["ps", "--quiet", "--filter", &format!("label=com.docker.swarm.service.name={bot}")]);
+        for id in String::from_utf8_lossy(&running.stdout).split_whitespace() {
+            let env = docker(&["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", id]);
+            let logs = docker(&["logs", "--tail", "40", id]);
+            eprintln!("bot task {id}:\n{}\n{}", String::from_utf8_lossy(&env.stdout), show(&logs));
+        }
+        let state = control(&standin, "GET", "/control/state", None);
+        eprintln!("the stand-in's counts: {state:?}");
+        std::panic::resume_unwind(lost);
+    }
     let shards = shard_sessions(&standin);
     assert!(shards.values().all(|(_, max_live)| *max_live == 1), "per shard (live, max live): {shards:?}");
     println!(
