@@ -371,11 +371,6 @@ impl<'p, 'a> Server<'p, 'a> {
         self.plan.run_shown(self.ssh(&self.in_root(step.into())))
     }
 
-    /// Runs a step in the deploy directory with `input` on its stdin (never printed).
-    pub fn run_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<()> {
-        self.plan.run(self.ssh(&self.in_root(step.into())).stdin(input))
-    }
-
     /// Runs a step in the ssh user's home (it may come before the deploy directory exists) with
     /// `input` on its stdin.
     pub fn run_at_home_with_input(&self, step: impl Into<Line>, input: impl AsRef<[u8]>) -> Result<()> {

@@ -26,7 +26,7 @@ use crate::{
     deploy::{preflight, ReleaseFiles},
     plan::{Cmd, Plan, Steps},
     project::Project,
-    remote::{history, who, Action, Server},
+    remote::{history, who, Action, Lock, Server},
 };
 
 /// The swarm overlay, over base.yml and prod.yml.
@@ -67,9 +67,9 @@ pub fn deploy(
     let swarm_file = format!("{swarm_file}\n");
     let sha = files.sha.clone();
     server.require_app_env()?;
-    let _lock = server.lock(&format!("{} deploy {sha}", who(&project.env)), lock_wait)?;
+    let mut lock = server.lock(&format!("{} deploy {sha}", who(&project.env)), lock_wait)?;
     let previous = server.current()?;
-    ship(&server, project, &files, &swarm_file)?;
+    ship(&server, &mut lock, project, &files, &swarm_file)?;
     prepare(&server, project, &sha)?;
     migrate_job(&server, project, &sha).context(
         "migrations failed (their output is above); nothing was updated, the stack runs as it did",
@@ -82,25 +82,28 @@ pub fn deploy(
     Ok(())
 }
 
-/// The release's own files in `releases/<sha>/`, swarm.yml among them.
-fn ship(server: &Server, project: &Project, files: &ReleaseFiles, swarm_file: &str) -> Result<()> {
+/// The release's own files in `releases/<sha>/`, swarm.yml among them, through the lock's own
+/// session (as a one-server deploy ships them).
+fn ship(
+    server: &Server,
+    lock: &mut Lock,
+    project: &Project,
+    files: &ReleaseFiles,
+    swarm_file: &str,
+) -> Result<()> {
+    let plan = server.plan();
     let dir = server.layout.release_dir(&files.sha);
-    server.plan().note(&format!(
+    plan.note(&format!(
         "ship {dir}: the compose files of {} itself, swarm.yml too, and its image name",
         files.sha
     ));
     for (name, content) in [
-        ("base.yml", files.base.clone()),
-        ("prod.yml", files.prod.clone()),
-        ("swarm.yml", swarm_file.to_string()),
-        ("release.env", files.release_env(project)),
+        ("base.yml", files.base.as_str()),
+        ("prod.yml", files.prod.as_str()),
+        ("swarm.yml", swarm_file),
+        ("release.env", &files.release_env(project)),
     ] {
-        let path = format!("{dir}/{name}");
-        let upload = Cmd::of("mkdir -p")
-            .arg(&dir)
-            .and(Cmd::of("cat").write_to(&format!("{path}.new")))
-            .and(Cmd::of("mv").arg(format!("{path}.new")).arg(&path));
-        server.run_with_input(upload, content)?;
+        lock.write(plan, &format!("{dir}/{name}"), content)?;
     }
     Ok(())
 }
@@ -413,7 +416,7 @@ mod tests {
             "git show 0123456789abcdef0123456789abcdef01234567:compose/swarm.yml",
             ".env",
             "flock -n -E 75 .lock",
-            "releases/0123456789abcdef0123456789abcdef01234567/swarm.yml.new",
+            "write releases/0123456789abcdef0123456789abcdef01234567/swarm.yml",
             "secrets.sh lattice releases/0123456789abcdef0123456789abcdef01234567",
             "render.sh lattice releases/0123456789abcdef0123456789abcdef01234567 releases/0123456789abcdef0123456789abcdef01234567/stack.yml",
             "docker service inspect lattice_bot",
