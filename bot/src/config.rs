@@ -379,9 +379,6 @@ impl ShardSpec {
 #[derive(Clone)]
 pub struct Config {
     pub discord_token: String,
-    /// The first guild of `DISCORD_GUILD_ID` and its main channel.
-    pub guild_id: Id<GuildMarker>,
-    pub main_channel_id: Id<ChannelMarker>,
     /// Every guild served and its main channel (`DISCORD_GUILD_ID` and `DISCORD_MAIN_CHANNEL_ID`,
     /// comma-separated lists in the same order); this shard answers in those of its own guilds.
     pub guilds: Vec<(Id<GuildMarker>, Id<ChannelMarker>)>,
@@ -423,8 +420,6 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("discord_token", &"<redacted>")
-            .field("guild_id", &self.guild_id)
-            .field("main_channel_id", &self.main_channel_id)
             .field("guilds", &self.guilds)
             .field("shard", &self.shard)
             .field("dream_channel_id", &self.dream_channel_id)
@@ -508,36 +503,31 @@ impl Config {
         let reply_lease = Duration::from_secs(r.number("REPLY_LEASE_SECS", 30u64, 3, 3600));
         let alert_webhook = r.url("LATTICE_NOTIFY_WEBHOOK", &["https", "http"]);
         let alert_after = Duration::from_secs(r.number("ALERT_AFTER_SECS", 60u64, 1, 86_400));
-        r.finish(|| {
-            let guilds = guilds.expect("checked");
-            Config {
-                discord_token: discord_token.expect("checked"),
-                guild_id: guilds[0].0,
-                main_channel_id: guilds[0].1,
-                guilds,
-                shard,
-                dream_channel_id: dream_channel_id.expect("checked"),
-                discord,
-                llm_provider,
-                openrouter_api_key,
-                openrouter_model,
-                openrouter_base_url,
-                llm_timeout,
-                llm_concurrency,
-                llm_max_tokens,
-                user_rate_limit,
-                user_rate_window,
-                reply_queue,
-                context_messages,
-                db: db.expect("checked"),
-                http_port,
-                git_sha,
-                shutdown_timeout,
-                gateway_grace,
-                reply_lease,
-                alert_webhook,
-                alert_after,
-            }
+        r.finish(|| Config {
+            discord_token: discord_token.expect("checked"),
+            guilds: guilds.expect("checked"),
+            shard,
+            dream_channel_id: dream_channel_id.expect("checked"),
+            discord,
+            llm_provider,
+            openrouter_api_key,
+            openrouter_model,
+            openrouter_base_url,
+            llm_timeout,
+            llm_concurrency,
+            llm_max_tokens,
+            user_rate_limit,
+            user_rate_window,
+            reply_queue,
+            context_messages,
+            db: db.expect("checked"),
+            http_port,
+            git_sha,
+            shutdown_timeout,
+            gateway_grace,
+            reply_lease,
+            alert_webhook,
+            alert_after,
         })
     }
 
@@ -707,7 +697,7 @@ mod tests {
     fn shards_default_to_one_and_each_serves_the_guilds_discord_routes_to_it() {
         let cfg = Config::from_env(&Env::from_pairs(FULL.iter().copied())).unwrap();
         assert_eq!(cfg.shard, ShardSpec::ONE);
-        assert_eq!(cfg.own_channels(), vec![cfg.main_channel_id]);
+        assert_eq!(cfg.own_channels(), vec![cfg.guilds[0].1]);
         // Guild 1 << 22 is on shard 1 of 2, guild 2 << 22 on shard 0.
         let (g1, g2) = ((1u64 << 22).to_string(), (2u64 << 22).to_string());
         let guilds = format!("{g1}, {g2}");
